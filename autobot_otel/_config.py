@@ -1,0 +1,665 @@
+"""Layered configuration: Dynaconf loading, timeout validation, sources and reload.
+
+Layers, lowest first:
+
+1. the packaged ``defaults.yaml`` (its ``default`` section, then the section of the
+   active environment);
+2. user settings files named by ``settings_files=`` or ``AUTOBOT_SETTINGS_FILES``
+   (separated by ``,`` or ``os.pathsep``), each with the same sections;
+3. ``AUTOBOT_*`` environment variables, with ``__`` between nested keys.
+
+Nested tables merge across layers, so a layer that sets one key keeps its siblings.
+A ``Config`` is an immutable, validated snapshot of one environment. The process-wide
+snapshot is replaced as a whole by ``configure()`` or ``reload_config()``, and only after
+the new one has passed validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dynaconf import Dynaconf
+
+from ._errors import ConfigProblem, ConfigurationError, UnknownOperationError
+
+__all__ = [
+    "DEFAULT_ENVIRONMENT",
+    "ENVIRONMENT_VARIABLE",
+    "SETTINGS_FILES_VARIABLE",
+    "Config",
+    "Timeouts",
+    "configure",
+    "get_config",
+    "load_config",
+    "reload_config",
+]
+
+logger = logging.getLogger("autobot_otel")
+
+ENVIRONMENT_VARIABLE = "AUTOBOT_ENV"
+SETTINGS_FILES_VARIABLE = "AUTOBOT_SETTINGS_FILES"
+ENV_PREFIX = "AUTOBOT"
+DEFAULT_ENVIRONMENT = "development"
+PACKAGED_DEFAULTS = Path(__file__).with_name("defaults.yaml")
+
+# Timeouts above one day are almost always a unit mistake (milliseconds written where
+# seconds are expected), and nothing this package bounds should wait that long.
+MAX_TIMEOUT_SECONDS = 86_400.0
+
+_SETTINGS_SUFFIXES = {".yaml", ".yml", ".toml", ".json"}
+# Top-level sections of a settings file that are not environments.
+_NON_ENVIRONMENT_SECTIONS = {"default", "global", "dynaconf_merge"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _split_paths(value: str) -> list[str]:
+    parts: list[str] = []
+    for chunk in value.split(","):
+        parts.extend(piece for piece in chunk.split(os.pathsep) if piece.strip())
+    return [part.strip() for part in parts]
+
+
+def _resolve_settings_files(settings_files: Sequence[str | os.PathLike[str]] | None) -> list[Path]:
+    """Return the user settings files, checking that each exists and can be read."""
+    if settings_files is None:
+        raw = os.environ.get(SETTINGS_FILES_VARIABLE, "")
+        origin = f"environment variable {SETTINGS_FILES_VARIABLE}"
+        names: list[str | os.PathLike[str]] = list(_split_paths(raw))
+    else:
+        origin = "settings_files argument"
+        names = list(settings_files)
+
+    paths: list[Path] = []
+    for name in names:
+        path = Path(name).expanduser().resolve()
+        if path.suffix.lower() not in _SETTINGS_SUFFIXES:
+            raise ConfigurationError(
+                f"settings file {str(name)!r} (from {origin}) has an unsupported type; "
+                f"use one of {', '.join(sorted(_SETTINGS_SUFFIXES))}"
+            )
+        if not path.is_file():
+            raise ConfigurationError(
+                f"settings file {str(name)!r} (from {origin}) was not found; "
+                "fix the path or remove it from the list"
+            )
+        paths.append(path)
+    return paths
+
+
+def _read_sections(path: Path) -> dict[str, Any]:
+    """Parse one settings file to find its environment sections and report syntax errors."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in {".yaml", ".yml"}:
+            data = yaml.safe_load(text)
+        elif path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(f"settings file {str(path)!r} is not valid: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(
+            f"settings file {str(path)!r} must contain a mapping of environment sections "
+            f"(default, development, production), not {type(data).__name__}"
+        )
+    for section, body in data.items():
+        if body is not None and not isinstance(body, dict):
+            raise ConfigurationError(
+                f"settings file {str(path)!r}: section {section!r} must be a mapping, "
+                f"not {type(body).__name__} {body!r}"
+            )
+    return data
+
+
+def _choose_environment(env: str | None, declared: set[str]) -> str:
+    if env is not None:
+        origin = "env argument"
+        name = env
+    elif os.environ.get(ENVIRONMENT_VARIABLE):
+        origin = f"environment variable {ENVIRONMENT_VARIABLE}"
+        name = os.environ[ENVIRONMENT_VARIABLE]
+    else:
+        return DEFAULT_ENVIRONMENT
+    normalized = name.strip().lower()
+    if normalized not in declared:
+        raise ConfigurationError(
+            f"unknown environment {name!r} (from {origin}); known environments: "
+            f"{', '.join(sorted(declared))}. Add a section of that name to a settings file "
+            "or choose a known one"
+        )
+    return normalized
+
+
+def _load_dynaconf(environment: str, files: list[Path]) -> Dynaconf:
+    settings = Dynaconf(
+        settings_files=[str(PACKAGED_DEFAULTS), *(str(path) for path in files)],
+        environments=True,
+        env=environment,
+        env_switcher=ENVIRONMENT_VARIABLE,
+        envvar_prefix=ENV_PREFIX,
+        merge_enabled=True,
+        load_dotenv=False,
+    )
+    try:
+        settings.as_dict()  # Dynaconf loads lazily; parse every layer now.
+    except Exception as exc:  # Dynaconf wraps parser errors in many types.
+        names = ", ".join(str(path) for path in files) or "packaged defaults"
+        raise ConfigurationError(f"could not load settings from {names}: {exc}") from exc
+    return settings
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _plain(value: Any) -> Any:
+    """Convert Dynaconf boxes into plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(key).lower(): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _describe_source(entry: Mapping[str, Any], key: str) -> str:
+    loader = entry.get("loader", "")
+    identifier = str(entry.get("identifier", ""))
+    env = str(entry.get("env", "")).lower()
+    if loader.startswith("env"):
+        return _environment_variable_for(key) or f"an {ENV_PREFIX}_* environment variable"
+    if identifier == str(PACKAGED_DEFAULTS):
+        return f"packaged defaults [{env}]"
+    if identifier:
+        return f"{identifier} [{env}]" if env else identifier
+    return loader or "unknown source"
+
+
+def _environment_variable_for(key: str) -> str | None:
+    """Return the AUTOBOT_* variable that sets ``key`` or one of its parent groups."""
+    parts = key.lower().split(".")
+    prefix = f"{ENV_PREFIX}_"
+    best: str | None = None
+    best_depth = 0
+    for name in os.environ:
+        if not name.upper().startswith(prefix):
+            continue
+        path = name[len(prefix) :].lower().split("__")
+        if parts[: len(path)] == path and len(path) > best_depth:
+            best, best_depth = name, len(path)
+    return best
+
+
+def _source_of(settings: Dynaconf, key: str) -> str:
+    from dynaconf.utils.inspect import get_history
+
+    try:
+        history = get_history(settings, key=key)
+    except Exception:  # Dynaconf raises several types for keys absent from a layer.
+        return "unknown source"
+    if not history:
+        return "unknown source"
+    # The source is the layer that last changed the value; later layers that merely
+    # carried it forward (a merge of a sibling key, say) are not its origin.
+    chosen = history[0]
+    previous = _plain(history[0].get("value"))
+    for entry in history[1:]:
+        value = _plain(entry.get("value"))
+        if value != previous:
+            chosen = entry
+        previous = value
+    return _describe_source(chosen, key)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def timeout_problem(value: object) -> str | None:
+    """Return why ``value`` is not a valid timeout in seconds, or None if it is valid."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                return f"must be a number of seconds, not the text {value!r}"
+            return f"must be a number of seconds, not the quoted text {value!r}; remove the quotes"
+        if isinstance(value, Mapping):
+            return "must be a number of seconds, not a group of keys"
+        return f"must be a number of seconds, not {type(value).__name__}"
+    if math.isnan(value):
+        return "must be a number of seconds, not NaN"
+    if math.isinf(value):
+        return "must be finite; an infinite timeout bounds nothing"
+    if value <= 0:
+        return "must be greater than zero"
+    if value > MAX_TIMEOUT_SECONDS:
+        return f"must be at most {MAX_TIMEOUT_SECONDS:g} seconds (one day); is the unit right?"
+    return None
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, path)
+        else:
+            yield path, value
+
+
+def _packaged_schema() -> dict[str, Any]:
+    data = yaml.safe_load(PACKAGED_DEFAULTS.read_text(encoding="utf-8"))
+    return dict(_flatten(data["default"]["timeouts"]))
+
+
+# --------------------------------------------------------------------------- Config
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated, immutable snapshot of the settings of one environment.
+
+    ``timeouts`` maps dotted keys relative to ``timeouts`` (``"redis.operations.get"``) to
+    seconds. ``circuit_breaker`` is the raw ``circuit_breaker`` section; the breaker
+    module validates it. ``problems`` is empty for a config that passed validation.
+    """
+
+    environment: str
+    settings_files: tuple[Path, ...]
+    timeouts: Mapping[str, float]
+    circuit_breaker: Mapping[str, Any]
+    problems: tuple[ConfigProblem, ...]
+    config_hash: str
+    _settings: Dynaconf = field(repr=False, compare=False)
+    _short_names: Mapping[str, str | None] = field(repr=False, compare=False)
+
+    def source_of(self, key: str) -> str:
+        """Return where the effective value of dotted ``key`` came from."""
+        return _source_of(self._settings, key)
+
+    @property
+    def operation_names(self) -> list[str]:
+        """Every operation name that resolves: full paths and unique short forms."""
+        short = [name for name, target in self._short_names.items() if target is not None]
+        return sorted({*self.timeouts, *short})
+
+    def resolve_operation(self, name: str) -> str:
+        """Return the timeout key that operation ``name`` uses.
+
+        ``"redis.get"`` finds the leaf ``get`` among the groups of ``redis``; a full path
+        (``"llamaindex.search.query"``) or a direct key (``"llm.fast"``) also works.
+        """
+        key = name.strip().lower()
+        if key.startswith("timeouts."):
+            key = key[len("timeouts.") :]
+        if key in self.timeouts:
+            return key
+        if key in self._short_names:
+            target = self._short_names[key]
+            if target is not None:
+                return target
+            candidates = sorted(
+                path
+                for path in self.timeouts
+                if path.split(".")[0] == key.split(".")[0]
+                and path.split(".")[-1] == key.split(".")[-1]
+            )
+            raise UnknownOperationError(
+                name,
+                f"operation name {name!r} is ambiguous: it matches {', '.join(candidates)}; "
+                "use the full path",
+            )
+        close = difflib.get_close_matches(key, self.operation_names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownOperationError(
+            name,
+            f"no timeout is configured for operation {name!r}{hint} Declare it under "
+            "'timeouts' in a settings file, or pass default= to use a fixed timeout",
+        )
+
+    def timeout_for(self, name: str) -> float:
+        """Return the timeout in seconds for operation ``name``."""
+        return self.timeouts[self.resolve_operation(name)]
+
+    def raise_for_problems(self) -> None:
+        """Raise one ConfigurationError listing every invalid setting, if there is any."""
+        if self.problems:
+            raise ConfigurationError(
+                f"invalid settings for environment {self.environment!r} "
+                f"({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''})",
+                self.problems,
+            )
+
+
+def _short_name_index(keys: Sequence[str]) -> dict[str, str | None]:
+    """Map ``system.leaf`` to its full key, or to None where the leaf is not unique."""
+    index: dict[str, str | None] = {}
+    for key in keys:
+        parts = key.split(".")
+        if len(parts) < 3:
+            continue
+        short = f"{parts[0]}.{parts[-1]}"
+        index[short] = None if short in index else key
+    return index
+
+
+def load_config(
+    env: str | None = None,
+    settings_files: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    strict: bool = True,
+) -> Config:
+    """Load the settings of ``env`` (default: ``AUTOBOT_ENV``, else development).
+
+    With ``strict`` (the default) an invalid setting raises ConfigurationError listing
+    every problem; otherwise the problems are returned in ``Config.problems`` and invalid
+    timeouts are left out of ``Config.timeouts``.
+    """
+    files = _resolve_settings_files(settings_files)
+    declared = {"development", "production"}
+    for path in [PACKAGED_DEFAULTS, *files]:
+        declared.update(
+            str(section).lower()
+            for section in _read_sections(path)
+            if str(section).lower() not in _NON_ENVIRONMENT_SECTIONS
+        )
+    environment = _choose_environment(env, declared)
+    settings = _load_dynaconf(environment, files)
+
+    raw = _plain(settings.as_dict())
+    timeouts_tree = raw.get("timeouts", {})
+    problems: list[ConfigProblem] = []
+    timeouts: dict[str, float] = {}
+
+    if not isinstance(timeouts_tree, Mapping):
+        problems.append(
+            ConfigProblem(
+                "timeouts", timeouts_tree, _source_of(settings, "timeouts"), "must be a group"
+            )
+        )
+        timeouts_tree = {}
+    flat = dict(_flatten(timeouts_tree))
+
+    for key in _packaged_schema():
+        if key in flat:
+            continue
+        # A required key is missing because a layer replaced one of its groups.
+        parent = key
+        while "." in parent and parent not in flat:
+            parent = parent.rsplit(".", 1)[0]
+        if parent in flat:
+            value = flat[parent]
+            problems.append(
+                ConfigProblem(
+                    f"timeouts.{parent}",
+                    value,
+                    _source_of(settings, f"timeouts.{parent}"),
+                    f"must be a group of timeouts (it should contain timeouts.{key})",
+                )
+            )
+            flat.pop(parent)
+        else:
+            problems.append(
+                ConfigProblem(f"timeouts.{key}", None, "no layer", "is missing")
+            )
+
+    for key, value in flat.items():
+        reason = timeout_problem(value)
+        if reason is None:
+            timeouts[key] = float(value)
+        else:
+            problems.append(
+                ConfigProblem(f"timeouts.{key}", value, _source_of(settings, f"timeouts.{key}"), reason)
+            )
+
+    breaker = raw.get("circuit_breaker", {})
+    if not isinstance(breaker, Mapping):
+        problems.append(
+            ConfigProblem(
+                "circuit_breaker",
+                breaker,
+                _source_of(settings, "circuit_breaker"),
+                "must be a group with a 'default' section",
+            )
+        )
+        breaker = {}
+
+    problems.extend(_breaker_problems(breaker, settings))
+    digest_input = json.dumps(
+        {"environment": environment, "timeouts": timeouts, "circuit_breaker": breaker},
+        sort_keys=True,
+        default=str,
+    )
+    config = Config(
+        environment=environment,
+        settings_files=tuple(files),
+        timeouts=timeouts,
+        circuit_breaker=breaker,
+        problems=tuple(problems),
+        config_hash=hashlib.sha256(digest_input.encode()).hexdigest()[:12],
+        _settings=settings,
+        _short_names=_short_name_index(sorted(timeouts)),
+    )
+    if strict:
+        config.raise_for_problems()
+    return config
+
+
+def _breaker_problems(section: Mapping[str, Any], settings: Dynaconf) -> list[ConfigProblem]:
+    """Validate the default breaker settings and every per-name override."""
+    from ._breaker import breaker_settings_from_mapping
+
+    problems: list[ConfigProblem] = []
+    base = section.get("default", {})
+    if not isinstance(base, Mapping):
+        source = _source_of(settings, "circuit_breaker.default")
+        return [ConfigProblem("circuit_breaker.default", base, source, "must be a group")]
+    for name, override in section.items():
+        key_prefix = f"circuit_breaker.{name}"
+        if not isinstance(override, Mapping):
+            problems.append(
+                ConfigProblem(
+                    key_prefix,
+                    override,
+                    _source_of(settings, key_prefix),
+                    "must be a group of breaker settings",
+                )
+            )
+            continue
+        merged = {**base, **override}
+        _, found = breaker_settings_from_mapping(
+            merged,
+            key_prefix=key_prefix,
+            source_of=lambda key, _s=settings: _source_of(_s, key),
+        )
+        problems.extend(found)
+    return problems
+
+
+# --------------------------------------------------------------------------- process state
+
+_lock = threading.Lock()
+_active: Config | None = None
+_listeners: list[Callable[[Config], None]] = []
+_validators: list[Callable[[Config], list[ConfigProblem]]] = []
+_reload_listeners: list[Callable[[str, Config | None], None]] = []
+
+
+def get_config() -> Config:
+    """Return the process-wide configuration, loading it on first use.
+
+    The first load is strict: an invalid setting raises ConfigurationError, so a service
+    does not start half configured.
+    """
+    config = _active
+    if config is None:
+        with _lock:
+            if _active is None:
+                _install(load_config())
+            config = _active
+    assert config is not None
+    return config
+
+
+def configure(
+    env: str | None = None,
+    settings_files: Sequence[str | os.PathLike[str]] | None = None,
+) -> Config:
+    """Load and validate settings, then make them the process-wide configuration.
+
+    Decorated functions use the new timeouts from their next call. Raises
+    ConfigurationError, and keeps the previous configuration, when a setting is invalid.
+    """
+    config = load_config(env, settings_files)
+    _check_in_use(config)
+    with _lock:
+        _install(config)
+    return config
+
+
+def reload_config() -> bool:
+    """Reload the settings with the same environment and files as the active ones.
+
+    Returns True when the new settings were applied. An invalid reload keeps the last good
+    configuration in force, logs one error listing every problem, and returns False.
+    """
+    current = get_config()
+    try:
+        config = load_config(current.environment, list(current.settings_files))
+        _check_in_use(config)
+    except ConfigurationError as exc:
+        logger.error(
+            "config.reload_rejected: %s",
+            exc,
+            extra={"autobot.environment": current.environment},
+        )
+        _notify_reload("invalid", None)
+        return False
+    with _lock:
+        _install(config)
+    logger.info(
+        "config.reloaded",
+        extra={"autobot.environment": config.environment, "autobot.config_hash": config.config_hash},
+    )
+    _notify_reload("success", config)
+    return True
+
+
+def _check_in_use(config: Config) -> None:
+    """Reject a configuration that leaves code already running without its settings."""
+    problems = [problem for validator in _validators for problem in validator(config)]
+    if problems:
+        raise ConfigurationError(
+            f"settings for environment {config.environment!r} do not fit the running code",
+            problems,
+        )
+
+
+def add_config_validator(validator: Callable[[Config], list[ConfigProblem]]) -> None:
+    """Check every configuration with ``validator`` before it becomes active."""
+    _validators.append(validator)
+
+
+def _install(config: Config) -> None:
+    global _active
+    _active = config
+    for listener in list(_listeners):
+        listener(config)
+
+
+def _notify_reload(status: str, config: Config | None) -> None:
+    for listener in list(_reload_listeners):
+        try:
+            listener(status, config)
+        except Exception:
+            logger.exception("config.reload_listener_failed")
+
+
+def add_config_listener(listener: Callable[[Config], None]) -> None:
+    """Call ``listener`` with every configuration that becomes active."""
+    _listeners.append(listener)
+
+
+def add_reload_listener(listener: Callable[[str, Config | None], None]) -> None:
+    """Call ``listener(status, config)`` after every reload attempt."""
+    _reload_listeners.append(listener)
+
+
+def _reset_for_tests() -> None:
+    """Forget the process-wide configuration so that the next use loads it again."""
+    global _active
+    with _lock:
+        _active = None
+
+
+# --------------------------------------------------------------------------- accessor
+
+
+class Timeouts:
+    """Read configured timeouts, for the active environment or a named one.
+
+    Paths are relative to ``timeouts``: ``"redis.operations.get"``. The module-level
+    ``timeouts`` instance reads the process-wide configuration.
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
+        self._config = config
+
+    def _config_for(self, env: str | None) -> Config:
+        active = self._config or get_config()
+        if env is None or env.strip().lower() == active.environment:
+            return active
+        return load_config(env, list(active.settings_files))
+
+    @staticmethod
+    def _key(path: str) -> str:
+        key = path.strip().lower()
+        return key[len("timeouts.") :] if key.startswith("timeouts.") else key
+
+    def get(self, path: str, env: str | None = None) -> float:
+        """Return the timeout at ``path`` in seconds."""
+        config = self._config_for(env)
+        key = self._key(path)
+        try:
+            return config.timeouts[key]
+        except KeyError:
+            close = difflib.get_close_matches(key, list(config.timeouts), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            if self.group(path, env):
+                hint = f"; it is a group, use group({path!r})"
+            raise KeyError(f"no timeout at 'timeouts.{key}'{hint}") from None
+
+    def group(self, path: str, env: str | None = None) -> dict[str, float]:
+        """Return every timeout below group ``path``, keyed relative to the group."""
+        config = self._config_for(env)
+        prefix = self._key(path).rstrip(".") + "."
+        return {
+            key[len(prefix) :]: value
+            for key, value in config.timeouts.items()
+            if key.startswith(prefix)
+        }
+
+    def validate(self, env: str | None = None) -> None:
+        """Raise ConfigurationError listing every invalid timeout and where it came from."""
+        active = self._config or get_config()
+        target = env or active.environment
+        load_config(target, list(active.settings_files), strict=False).raise_for_problems()
+
+    def for_operation(self, name: str) -> float:
+        """Return the timeout of operation ``name`` (``"redis.get"``, ``"llm.fast"``)."""
+        config = self._config or get_config()
+        return config.timeout_for(name)

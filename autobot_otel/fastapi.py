@@ -1,0 +1,101 @@
+"""FastAPI integration: request tracing and the ``/monitoring`` routes.
+
+``instrument_app(app)`` applies OpenTelemetry's FastAPIInstrumentor with every path under
+``/monitoring`` excluded from traces and HTTP metrics, and adds:
+
+- ``GET /monitoring/metrics``: the Prometheus text exposition of this process;
+- ``GET /monitoring/breakers``: every circuit breaker's state and recent counts, as JSON.
+
+For deployments whose application port is public, ``monitoring_app()`` returns the same
+routes as a separate app to serve on another host and port, optionally behind a bearer
+token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from . import _telemetry
+from ._breaker_registry import all_breakers
+
+__all__ = ["instrument_app", "monitoring_app", "monitoring_router"]
+
+logger = logging.getLogger("autobot_otel")
+
+MONITORING_PREFIX = "/monitoring"
+# FastAPIInstrumentor matches excluded URLs as regular expressions against the full URL.
+EXCLUDED_URLS = r"/monitoring(/.*)?$"
+
+
+def monitoring_router(token: str | None = None) -> APIRouter:
+    """Return the ``/monitoring`` routes; with ``token`` they require ``Authorization: Bearer``."""
+
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or invalid bearer token for /monitoring",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    router = APIRouter(prefix=MONITORING_PREFIX)
+
+    @router.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        check(request)
+        handle = _telemetry.current_handle()
+        if handle is None or handle.prometheus_registry is None:
+            raise HTTPException(
+                status_code=503,
+                detail="telemetry is not set up; call setup_telemetry() at start-up",
+            )
+        registry = handle.prometheus_registry
+        if "application/openmetrics-text" in request.headers.get("accept", ""):
+            return Response(generate_openmetrics(registry), media_type=OPENMETRICS_TYPE)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/breakers", include_in_schema=False)
+    def breakers(request: Request) -> dict[str, Any]:
+        check(request)
+        return {name: breaker.snapshot() for name, breaker in sorted(all_breakers().items())}
+
+    return router
+
+
+def instrument_app(app: FastAPI, *, expose_monitoring: bool = True, token: str | None = None) -> FastAPI:
+    """Trace ``app`` with OpenTelemetry and add the ``/monitoring`` routes to it.
+
+    Requests to ``/monitoring/*`` appear in no trace and no HTTP metric, however often
+    they are scraped. Pass ``expose_monitoring=False`` when the routes are served by
+    ``monitoring_app()`` on a private port instead.
+    """
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    handle = _telemetry.current_handle()
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls=EXCLUDED_URLS,
+        tracer_provider=handle.tracer_provider if handle else None,
+        meter_provider=handle.meter_provider if handle else None,
+    )
+    if expose_monitoring:
+        app.include_router(monitoring_router(token))
+    return app
+
+
+def monitoring_app(token: str | None = None) -> FastAPI:
+    """Return an app serving only the ``/monitoring`` routes, for a separate port."""
+    app = FastAPI(title="autobot-otel monitoring", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(monitoring_router(token))
+    return app
