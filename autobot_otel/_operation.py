@@ -564,3 +564,10 @@ def timed(
     ``async with``.
     """
     return _Call(get_operation(name, database=database, default=default, breaker=breaker))
+
+
+def _reset_for_tests() -> None:
+    """Forget every operation and declared database, so tests start from nothing."""
+    with _registry_lock:
+        _operations.clear()
+        _extra_databases.clear()
