@@ -394,8 +394,9 @@ def load_config(
         timeouts_tree = {}
     flat = dict(_flatten(timeouts_tree))
 
+    replaced_groups: set[str] = set()
     for key in _packaged_schema():
-        if key in flat:
+        if key in flat or any(key.startswith(f"{group}.") for group in replaced_groups):
             continue
         # A required key is missing because a layer replaced one of its groups.
         parent = key
@@ -412,6 +413,7 @@ def load_config(
                 )
             )
             flat.pop(parent)
+            replaced_groups.add(parent)
         else:
             problems.append(
                 ConfigProblem(f"timeouts.{key}", None, "no layer", "is missing")
