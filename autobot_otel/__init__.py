@@ -17,7 +17,7 @@ from ._errors import (
     PoolExhaustedError,
     UnknownOperationError,
 )
-from ._operation import remaining_time, timed, timed_operation
+from ._operation import deadline_budget, remaining_time, timed, timed_operation
 from ._telemetry import TelemetryHandle, setup_telemetry
 from .redis import AsyncRedisManager
 
@@ -41,6 +41,7 @@ __all__ = [
     "UnknownOperationError",
     "all_breakers",
     "configure",
+    "deadline_budget",
     "get_breaker",
     "get_config",
     "load_config",

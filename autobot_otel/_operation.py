@@ -38,7 +38,7 @@ from ._errors import (
     UnknownOperationError,
 )
 
-__all__ = ["remaining_time", "timed", "timed_operation"]
+__all__ = ["deadline_budget", "remaining_time", "timed", "timed_operation"]
 
 logger = logging.getLogger("autobot_otel")
 
@@ -73,6 +73,7 @@ class _Operation:
         "database",
         "database_label",
         "default",
+        "is_budget",
         "label",
         "metric_attributes",
         "name",
@@ -90,8 +91,10 @@ class _Operation:
         database: str | None,
         default: float | None,
         breaker: CircuitBreaker | None,
+        is_budget: bool = False,
     ) -> None:
         self.name = name
+        self.is_budget = is_budget
         self.system = name.split(".", 1)[0].lower()
         self.database = database or self.system
         self.default = default
@@ -163,7 +166,7 @@ class _Operation:
 
 # Registry of every operation created, so that a reload can update them in place.
 _registry_lock = threading.Lock()
-_operations: dict[tuple[str, str | None, float | None, int], _Operation] = {}
+_operations: dict[tuple[str, str | None, float | None, int, bool], _Operation] = {}
 _extra_databases: set[str] = set()
 
 
@@ -191,6 +194,7 @@ def get_operation(
     database: str | None = None,
     default: float | None = None,
     breaker: CircuitBreaker | None = None,
+    is_budget: bool = False,
 ) -> _Operation:
     """Return the shared ``_Operation`` for these arguments, resolving it on first use."""
     if not isinstance(name, str) or not name.strip():
@@ -199,11 +203,11 @@ def get_operation(
         reason = timeout_problem(default)
         if reason is not None:
             raise ValueError(f"default timeout {default!r} for operation {name!r} {reason}")
-    key = (name, database, default, id(breaker))
+    key = (name, database, default, id(breaker), is_budget)
     operation = _operations.get(key)
     if operation is not None:
         return operation
-    operation = _Operation(name, database, default, breaker)
+    operation = _Operation(name, database, default, breaker, is_budget)
     operation.apply(get_config())
     with _registry_lock:
         return _operations.setdefault(key, operation)
@@ -381,7 +385,8 @@ class _Call:
                     "its timeout sent and %s; the call is reported as timed out",
                     "returned" if exc is None else f"raised {type(exc).__name__}",
                 )
-            status = TIMEOUT_OWN if self.origin == operation.name else TIMEOUT_BUDGET
+            own = self.origin == operation.name and not operation.is_budget
+            status = TIMEOUT_OWN if own else TIMEOUT_BUDGET
             instruments.timeouts.add(1, operation.timeout_attributes[status])
             error = OperationTimeoutError(operation.name, self.given, self.origin)
             self._finish(instruments, TIMEOUT, error, duration)
@@ -571,3 +576,15 @@ def _reset_for_tests() -> None:
     with _registry_lock:
         _operations.clear()
         _extra_databases.clear()
+
+
+def deadline_budget(name: str, seconds: float | None = None) -> _Call:
+    """Return an async context manager that gives the block a deadline budget.
+
+    Timed operations inside get at most what is left of it. When the budget runs out,
+    the block raises OperationTimeoutError and ``autobot_timeout_total`` counts it once,
+    labelled with ``name`` and ``status="budget_exhausted"``. The budget is the
+    configured timeout of ``name``, else ``seconds``. Typical use: one budget per HTTP
+    request, shared by every call the handler makes.
+    """
+    return _Call(get_operation(name, default=seconds, is_budget=True))

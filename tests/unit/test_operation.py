@@ -16,6 +16,7 @@ from autobot_otel import (
     OperationTimeoutError,
     UnknownOperationError,
     configure,
+    deadline_budget,
     remaining_time,
     timed,
     timed_operation,
@@ -353,3 +354,45 @@ def test_scrape_shows_exact_names(telemetry: Telemetry) -> None:
     assert "_total_total" not in text
     assert "seconds_seconds" not in text
     assert "otel_scope_name" not in text
+
+
+async def test_deadline_budget_counted_once(telemetry: Telemetry) -> None:
+    """A budget that runs out is counted once, as budget_exhausted, where it was set."""
+
+    @timed_operation("llm.fast")
+    async def inner() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(OperationTimeoutError) as caught:
+        async with deadline_budget("llm.default", seconds=0.05):
+            await inner()
+    assert caught.value.operation == "llm.default"
+    assert telemetry.value(
+        "autobot.timeout", operation_type="llm.default", database="llm", status="budget_exhausted"
+    ) == 1
+    assert len(telemetry.points("autobot.timeout")) == 1
+    (inner_span,) = telemetry.spans("llm.fast")
+    assert inner_span.attributes is not None
+    assert inner_span.attributes["autobot.timeout.source"] == "budget"
+
+
+async def test_child_task_inherits_budget(telemetry: Telemetry) -> None:
+    """A task started inside an operation gets its own timer at the inherited deadline."""
+    from autobot_otel import _operation
+
+    @timed_operation("llm.fast")
+    async def child() -> None:
+        await asyncio.sleep(10)
+
+    @timed_operation("llm.reasoning")
+    async def parent() -> asyncio.Task[None]:
+        return asyncio.create_task(child())
+
+    _operation.get_operation("llm.reasoning").timeout = 0.05
+    task = await parent()
+    with pytest.raises(OperationTimeoutError) as caught:
+        await asyncio.wait_for(task, timeout=2)
+    assert caught.value.budget_owner == "llm.reasoning"
+    assert telemetry.value(
+        "autobot.timeout", operation_type="llm.fast", database="llm", status="budget_exhausted"
+    ) == 1
