@@ -356,19 +356,20 @@ def test_scrape_shows_exact_names(telemetry: Telemetry) -> None:
     assert "otel_scope_name" not in text
 
 
-async def test_deadline_budget_counted_once(telemetry: Telemetry) -> None:
+async def test_deadline_budget_counted_once(tmp_path: Path, telemetry: Telemetry) -> None:
     """A budget that runs out is counted once, as budget_exhausted, where it was set."""
+    configure(settings_files=[write_settings(tmp_path, "default:\n  timeouts:\n    http:\n      request: 0.05\n")])
 
     @timed_operation("llm.fast")
     async def inner() -> None:
         await asyncio.sleep(10)
 
     with pytest.raises(OperationTimeoutError) as caught:
-        async with deadline_budget("llm.default", seconds=0.05):
+        async with deadline_budget("http.request"):
             await inner()
-    assert caught.value.operation == "llm.default"
+    assert caught.value.operation == "http.request"
     assert telemetry.value(
-        "autobot.timeout", operation_type="llm.default", database="llm", status="budget_exhausted"
+        "autobot.timeout", operation_type="http.request", database="http", status="budget_exhausted"
     ) == 1
     assert len(telemetry.points("autobot.timeout")) == 1
     (inner_span,) = telemetry.spans("llm.fast")
