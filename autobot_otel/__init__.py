@@ -7,7 +7,16 @@ span and as Prometheus-ready metrics. See the README for the configuration schem
 
 from ._breaker import BreakerSettings, BreakerState, CircuitBreaker
 from ._breaker_registry import all_breakers, get_breaker
-from ._config import Config, Timeouts, configure, get_config, load_config, reload_config
+from ._config import (
+    Config,
+    ConfigWatcher,
+    Timeouts,
+    configure,
+    get_config,
+    load_config,
+    reload_config,
+    watch_config,
+)
 from ._errors import (
     AutobotError,
     CircuitOpenError,
@@ -33,6 +42,7 @@ __all__ = [
     "CircuitOpenError",
     "Config",
     "ConfigProblem",
+    "ConfigWatcher",
     "ConfigurationError",
     "OperationTimeoutError",
     "PoolExhaustedError",
@@ -51,6 +61,7 @@ __all__ = [
     "timed",
     "timed_operation",
     "timeouts",
+    "watch_config",
 ]
 
 __version__ = "0.1.0"

@@ -39,11 +39,13 @@ __all__ = [
     "ENVIRONMENT_VARIABLE",
     "SETTINGS_FILES_VARIABLE",
     "Config",
+    "ConfigWatcher",
     "Timeouts",
     "configure",
     "get_config",
     "load_config",
     "reload_config",
+    "watch_config",
 ]
 
 logger = logging.getLogger("autobot_otel")
@@ -538,27 +540,124 @@ def reload_config() -> bool:
 
     Returns True when the new settings were applied. An invalid reload keeps the last good
     configuration in force, logs one error listing every problem, and returns False.
+    Breaker state survives; decorated functions use the new timeouts from their next call.
     """
+    return _commit_reload(_prepare_reload())
+
+
+def _prepare_reload() -> Config | ConfigurationError:
+    """Load and check the new settings; this part may run in a worker thread."""
     current = get_config()
     try:
         config = load_config(current.environment, list(current.settings_files))
         _check_in_use(config)
     except ConfigurationError as exc:
+        return exc
+    return config
+
+
+def _commit_reload(prepared: Config | ConfigurationError) -> bool:
+    """Apply a prepared reload; call it on the thread that runs the decorated code."""
+    if isinstance(prepared, ConfigurationError):
         logger.error(
-            "config.reload_rejected: %s",
-            exc,
-            extra={"autobot.environment": current.environment},
+            "config.reload_rejected: the last good configuration stays in force: %s",
+            prepared,
+            extra={"autobot.environment": get_config().environment},
         )
         _notify_reload("invalid", None)
         return False
     with _lock:
-        _install(config)
+        _install(prepared)
     logger.info(
         "config.reloaded",
-        extra={"autobot.environment": config.environment, "autobot.config_hash": config.config_hash},
+        extra={
+            "autobot.environment": prepared.environment,
+            "autobot.config_hash": prepared.config_hash,
+        },
     )
-    _notify_reload("success", config)
+    _notify_reload("success", prepared)
     return True
+
+
+class ConfigWatcher:
+    """Reloads the configuration on SIGHUP and, optionally, when a settings file changes.
+
+    Create it with ``watch_config()`` from inside the running event loop. Loading happens
+    in a worker thread; the new settings are applied on the event loop's thread, where
+    the decorated code and the circuit breakers run.
+    """
+
+    def __init__(self, sighup: bool, poll_interval: float | None) -> None:
+        import asyncio
+        import signal
+
+        self._loop = asyncio.get_running_loop()
+        self._sighup = sighup and hasattr(signal, "SIGHUP")
+        self._poll_task: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[bool] | None = None
+        if self._sighup:
+            self._loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        if poll_interval is not None:
+            if not (isinstance(poll_interval, int | float) and poll_interval > 0):
+                raise ValueError(f"poll_interval must be a number of seconds > 0, not {poll_interval!r}")
+            # Fingerprint the files now, so a change made before the poller first runs
+            # is still seen as a change.
+            seen = _file_fingerprints(get_config().settings_files)
+            self._poll_task = self._loop.create_task(self._poll(float(poll_interval), seen))
+
+    def request_reload(self) -> None:
+        """Start a reload unless one is already running."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = self._loop.create_task(self.reload())
+
+    async def reload(self) -> bool:
+        """Reload now; return whether the new settings were applied."""
+        import asyncio
+
+        prepared = await asyncio.to_thread(_prepare_reload)
+        return _commit_reload(prepared)
+
+    async def _poll(self, interval: float, seen: list[str | None]) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(interval)
+            current = _file_fingerprints(get_config().settings_files)
+            if current != seen:
+                seen = current
+                await self.reload()
+
+    def stop(self) -> None:
+        """Stop watching: remove the SIGHUP handler and the file poller."""
+        import signal
+
+        if self._sighup:
+            self._loop.remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            self._poll_task = None
+
+
+def _file_fingerprints(paths: Sequence[Path]) -> list[str | None]:
+    # Content hashes, not modification times: two writes within the file system's
+    # timestamp resolution, or of the same size, must still count as a change.
+    fingerprints: list[str | None] = []
+    for path in paths:
+        try:
+            fingerprints.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        except OSError:
+            fingerprints.append(None)
+    return fingerprints
+
+
+def watch_config(*, sighup: bool = True, poll_interval: float | None = None) -> ConfigWatcher:
+    """Reload settings on SIGHUP and, with ``poll_interval`` seconds, on file changes.
+
+    Call it from inside the running event loop, for example in a FastAPI lifespan
+    handler, and call ``stop()`` on the result at shutdown.
+    """
+    return ConfigWatcher(sighup, poll_interval)
 
 
 def _check_in_use(config: Config) -> None:

@@ -287,3 +287,79 @@ def test_cli_unknown_env_is_clear() -> None:
 def test_mask_secret(key: str, value: object, shown: object) -> None:
     """Secrets are masked in CLI output; other values are shown as they are."""
     assert mask_secret(key, value) == shown
+
+
+async def test_sighup_reloads(tmp_path: Path) -> None:
+    """SIGHUP reloads the settings files; breaker state survives the reload."""
+    import asyncio
+    import os
+    import signal
+
+    from autobot_otel import get_breaker, watch_config
+
+    path = settings_file(tmp_path, "default:\n  timeouts:\n    llm:\n      fast: 2\n")
+    configure(settings_files=[path])
+    breaker = get_breaker("main")
+    breaker.force_open()
+    watcher = watch_config()
+    try:
+        path.write_text("default:\n  timeouts:\n    llm:\n      fast: 4\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if get_config().timeouts["llm.fast"] == 4.0:
+                break
+        assert get_config().timeouts["llm.fast"] == 4.0
+        assert get_breaker("main") is breaker
+        assert breaker.state.value == "open"
+    finally:
+        watcher.stop()
+
+
+async def test_file_change_reloads_and_counts(tmp_path: Path, telemetry: object) -> None:
+    """A watched file change reloads; an invalid change is rejected and counted."""
+    import asyncio
+
+    from autobot_otel import watch_config
+    from tests.conftest import Telemetry
+
+    assert isinstance(telemetry, Telemetry)
+    path = settings_file(tmp_path, "default:\n  timeouts:\n    llm:\n      fast: 2\n")
+    configure(settings_files=[path])
+    watcher = watch_config(sighup=False, poll_interval=0.05)
+    try:
+        path.write_text("default:\n  timeouts:\n    llm:\n      fast: 5\n")
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if get_config().timeouts["llm.fast"] == 5.0:
+                break
+        assert get_config().timeouts["llm.fast"] == 5.0
+        path.write_text("default:\n  timeouts:\n    llm:\n      fast: zero\n")
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if telemetry.value("autobot.config.reloads", status="invalid") == 1:
+                break
+        assert telemetry.value("autobot.config.reloads", status="invalid") == 1
+        assert telemetry.value("autobot.config.reloads", status="success") == 1
+        assert get_config().timeouts["llm.fast"] == 5.0
+    finally:
+        watcher.stop()
+
+
+def test_config_info_and_timeout_gauges(telemetry: object) -> None:
+    """autobot_config_info and autobot_operation_timeout_seconds are exported."""
+    from tests.conftest import Telemetry
+
+    assert isinstance(telemetry, Telemetry)
+
+    @timed_operation("redis.get")
+    async def get() -> None:
+        return None
+
+    text = telemetry.scrape()
+    config = get_config()
+    assert (
+        f'autobot_config_info{{config_hash="{config.config_hash}",environment="development"}} 1.0'
+        in text
+    )
+    assert 'autobot_operation_timeout_seconds{database="redis",operation_type="redis.get"} 1.0' in text
