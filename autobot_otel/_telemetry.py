@@ -218,13 +218,14 @@ def setup_telemetry(
     metric_readers: Sequence[Any] = (),
     span_processors: Sequence[Any] = (),
     set_global: bool = True,
-    export_interval_seconds: float = 15.0,
+    export_interval_seconds: float | None = None,
 ) -> TelemetryHandle:
     """Set up meter and tracer providers for the service and return their handle.
 
     A Prometheus reader feeds ``/monitoring/metrics``. OTLP export of metrics and traces
     (HTTP/protobuf) is on when ``otlp_endpoint`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is
-    set. With ``set_global`` the providers also become the global OpenTelemetry ones,
+    set; metrics go out every ``export_interval_seconds`` (default: the standard
+    ``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds, else 15 s). With ``set_global`` the providers also become the global OpenTelemetry ones,
     unless another provider is already global, so that instrumentations such as
     RedisInstrumentor report into them. Calling it again while a handle is active
     returns that handle unchanged.
@@ -261,7 +262,8 @@ def setup_telemetry(
     endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     processors: list[Any] = list(span_processors)
     if endpoint:
-        readers.append(_otlp_metric_reader(endpoint, export_interval_seconds))
+        interval = export_interval_seconds or _interval_from_environment()
+        readers.append(_otlp_metric_reader(endpoint, interval))
         processors.append(_otlp_span_processor(endpoint))
 
     meter_provider = MeterProvider(
@@ -314,6 +316,24 @@ def _set_global_providers(meter_provider: Any, tracer_provider: Any) -> None:
         metrics.set_meter_provider(meter_provider)
     else:
         logger.warning("telemetry.global_meter_provider_exists")
+
+
+def _interval_from_environment() -> float:
+    raw = os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", "")
+    if not raw:
+        return 15.0
+    try:
+        millis = float(raw)
+    except ValueError:
+        millis = -1.0
+    if not millis > 0:
+        logger.warning(
+            "telemetry.invalid_export_interval: OTEL_METRIC_EXPORT_INTERVAL=%r is not a "
+            "positive number of milliseconds; using 15000",
+            raw,
+        )
+        return 15.0
+    return millis / 1000
 
 
 def _otlp_url(endpoint: str, signal: str) -> str:
