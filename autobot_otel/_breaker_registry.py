@@ -73,7 +73,7 @@ def _apply_config(config: Config) -> None:
 
 def _state_gauge() -> list[tuple[float, dict[str, str]]]:
     return [
-        (breaker.state.code, {"database": name}) for name, breaker in all_breakers().items()
+        (breaker.peek_state().code, {"database": name}) for name, breaker in all_breakers().items()
     ]
 
 

@@ -216,8 +216,8 @@ def _source_of(settings: Dynaconf, key: str) -> str:
         return "unknown source"
     if not history:
         return "unknown source"
-    # The source is the layer that last changed the value; later layers that merely
-    # carried it forward (a merge of a sibling key, say) are not its origin.
+    # The source is the layer that last changed the value. Later layers that only
+    # carried it forward, as a merge of a sibling key does, are not its origin.
     chosen = history[0]
     previous = _plain(history[0].get("value"))
     for entry in history[1:]:
@@ -485,10 +485,11 @@ def _breaker_problems(section: Mapping[str, Any], settings: Dynaconf) -> list[Co
             )
             continue
         merged = {**base, **override}
+        def source_of(key: str) -> str:
+            return _source_of(settings, key)
+
         _, found = breaker_settings_from_mapping(
-            merged,
-            key_prefix=key_prefix,
-            source_of=lambda key, _s=settings: _source_of(_s, key),
+            merged, key_prefix=key_prefix, source_of=source_of
         )
         problems.extend(found)
     return problems

@@ -98,6 +98,11 @@ class CircuitOpenError(AutobotError):
         self.retry_after = retry_after
         if retry_after is None:
             message = f"circuit breaker {breaker!r} is forced open; call reset() to close it"
+        elif retry_after == 0:
+            message = (
+                f"circuit breaker {breaker!r} is half-open and every probe slot is taken; "
+                "retry once the probes in flight finish"
+            )
         else:
             message = (
                 f"circuit breaker {breaker!r} is open; the next probe is allowed "

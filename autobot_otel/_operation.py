@@ -19,7 +19,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -273,7 +273,8 @@ def remaining_time() -> float | None:
     scope = _current_scope.get()
     if scope is None:
         return None
-    return max(0.0, scope.deadline - asyncio.get_running_loop().time())
+    left: float = scope.deadline - asyncio.get_running_loop().time()
+    return max(0.0, left)
 
 
 def _error_type(exc: BaseException) -> str:
@@ -299,6 +300,16 @@ class _Call:
         "timer_scope",
         "token",
     )
+
+    deadline: float
+    given: float
+    origin: str
+    scope_token: Token[_Call | None]
+    span: Span
+    start: float
+    task: asyncio.Task[Any] | None
+    timer_scope: _Call
+    token: Token[otel_context.Context]
 
     def __init__(self, operation: _Operation) -> None:
         self.operation = operation

@@ -113,6 +113,9 @@ class Instruments:
             unit="{reload}",
             description="Configuration reload attempts by outcome",
         )
+        # Both series exist from the start, so increase() sees the first failed reload.
+        for status in ("success", "invalid"):
+            self.config_reloads.add(0, {"status": status})
         meter.create_observable_gauge(
             "autobot.circuit_breaker.state",
             callbacks=[_observe("breaker_state")],

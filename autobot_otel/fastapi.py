@@ -62,7 +62,8 @@ def monitoring_router(token: str | None = None) -> APIRouter:
             )
         registry = handle.prometheus_registry
         if "application/openmetrics-text" in request.headers.get("accept", ""):
-            return Response(generate_openmetrics(registry), media_type=OPENMETRICS_TYPE)
+            body: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+            return Response(body, media_type=OPENMETRICS_TYPE)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/breakers", include_in_schema=False)

@@ -14,7 +14,7 @@ import random
 import signal
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,8 +173,7 @@ async def _serve(options: DemoOptions, redis_url: str, server: RedisServer | Non
     app = create_app(manager)
     config = uvicorn.Config(app, host=options.host, port=port, log_level="warning",
                             lifespan="off")
-    web = uvicorn.Server(config)
-    web.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    web = _EmbeddedServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -225,6 +224,14 @@ async def _serve(options: DemoOptions, redis_url: str, server: RedisServer | Non
     console.print(f"requests sent: {sent}; faults injected: {fault_count}; "
                   f"operation timeouts: {timeouts}")
     return stats
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGINT and SIGTERM to the demo, which stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _expired(started: float, duration: float) -> bool:

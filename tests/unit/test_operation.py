@@ -397,3 +397,28 @@ async def test_child_task_inherits_budget(telemetry: Telemetry) -> None:
     assert telemetry.value(
         "autobot.timeout", operation_type="llm.fast", database="llm", status="budget_exhausted"
     ) == 1
+
+
+async def test_cancel_right_after_deadline_is_cancellation(telemetry: Telemetry) -> None:
+    """An outside cancel that lands just after the deadline fired stays a cancellation."""
+    from autobot_otel import _operation
+
+    @timed_operation("llm.fast")
+    async def victim() -> None:
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            # The timeout's cancel arrived; now a second, outside cancel lands too.
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            raise
+
+    _operation.get_operation("llm.fast").timeout = 0.02
+    task = asyncio.create_task(victim())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert telemetry.points("autobot.timeout") == []
+    (span,) = telemetry.spans("llm.fast")
+    assert span.attributes is not None
+    assert span.attributes["autobot.outcome"] == "cancelled"
