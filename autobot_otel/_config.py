@@ -417,9 +417,7 @@ def load_config(
             flat.pop(parent)
             replaced_groups.add(parent)
         else:
-            problems.append(
-                ConfigProblem(f"timeouts.{key}", None, "no layer", "is missing")
-            )
+            problems.append(ConfigProblem(f"timeouts.{key}", None, "no layer", "is missing"))
 
     for key, value in flat.items():
         reason = timeout_problem(value)
@@ -427,7 +425,9 @@ def load_config(
             timeouts[key] = float(value)
         else:
             problems.append(
-                ConfigProblem(f"timeouts.{key}", value, _source_of(settings, f"timeouts.{key}"), reason)
+                ConfigProblem(
+                    f"timeouts.{key}", value, _source_of(settings, f"timeouts.{key}"), reason
+                )
             )
 
     breaker = raw.get("circuit_breaker", {})
@@ -485,12 +485,11 @@ def _breaker_problems(section: Mapping[str, Any], settings: Dynaconf) -> list[Co
             )
             continue
         merged = {**base, **override}
+
         def source_of(key: str) -> str:
             return _source_of(settings, key)
 
-        _, found = breaker_settings_from_mapping(
-            merged, key_prefix=key_prefix, source_of=source_of
-        )
+        _, found = breaker_settings_from_mapping(merged, key_prefix=key_prefix, source_of=source_of)
         problems.extend(found)
     return problems
 
@@ -600,7 +599,9 @@ class ConfigWatcher:
             self._loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         if poll_interval is not None:
             if not (isinstance(poll_interval, int | float) and poll_interval > 0):
-                raise ValueError(f"poll_interval must be a number of seconds > 0, not {poll_interval!r}")
+                raise ValueError(
+                    f"poll_interval must be a number of seconds > 0, not {poll_interval!r}"
+                )
             # Fingerprint the files now, so a change made before the poller first runs
             # is still seen as a change.
             seen = _file_fingerprints(get_config().settings_files)

@@ -76,7 +76,9 @@ def _observe(gauge: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
                 # One broken source must not hide the others; log it once, not per scrape.
                 if id(source) not in _failed_sources:
                     _failed_sources.add(id(source))
-                    logger.exception("telemetry.gauge_source_failed", extra={"autobot.gauge": gauge})
+                    logger.exception(
+                        "telemetry.gauge_source_failed", extra={"autobot.gauge": gauge}
+                    )
         return observations
 
     return callback
@@ -227,9 +229,11 @@ def setup_telemetry(
 
     A Prometheus reader feeds ``/monitoring/metrics``. OTLP export of metrics and traces
     (HTTP/protobuf) is on when ``otlp_endpoint`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is
-    set; metrics go out every ``export_interval_seconds`` (default: the standard
-    ``OTEL_METRIC_EXPORT_INTERVAL`` in milliseconds, else 15 s). With ``set_global`` the providers also become the global OpenTelemetry ones,
-    unless another provider is already global, so that instrumentations such as
+    set. Metrics go out every ``export_interval_seconds``, by default the standard
+    ``OTEL_METRIC_EXPORT_INTERVAL`` (milliseconds) or else 15 s.
+
+    With ``set_global`` the providers also become the global OpenTelemetry ones, unless
+    another provider is already global, so that instrumentations such as
     RedisInstrumentor report into them. Calling it again while a handle is active
     returns that handle unchanged.
     """

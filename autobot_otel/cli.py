@@ -20,7 +20,9 @@ from ._errors import ConfigurationError
 __all__ = ["main"]
 
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|api_?key|credential", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@", re.IGNORECASE
+)
 
 
 def mask_secret(key: str, value: object) -> object:
@@ -60,32 +62,64 @@ def _load(env: str | None) -> Any:
 
 
 @config.command("show")
-@click.option("--env", "env", default=None, help="Environment to show (default: AUTOBOT_ENV, else development).")
+@click.option(
+    "--env",
+    "env",
+    default=None,
+    help="Environment to show (default: AUTOBOT_ENV, else development).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def config_show(env: str | None, as_json: bool) -> None:
     """Print the effective settings and where each value came from."""
     loaded = _load(env)
     rows: list[dict[str, Any]] = []
     for key, value in sorted(loaded.timeouts.items()):
-        rows.append({"key": f"timeouts.{key}", "value": value, "source": loaded.source_of(f"timeouts.{key}")})
+        rows.append(
+            {
+                "key": f"timeouts.{key}",
+                "value": value,
+                "source": loaded.source_of(f"timeouts.{key}"),
+            }
+        )
     for key, value in _flatten(loaded.circuit_breaker, "circuit_breaker"):
         rows.append({"key": key, "value": mask_secret(key, value), "source": loaded.source_of(key)})
     for problem in loaded.problems:
-        rows.append({"key": problem.key, "value": mask_secret(problem.key, problem.value),
-                     "source": problem.source, "problem": problem.reason})
+        rows.append(
+            {
+                "key": problem.key,
+                "value": mask_secret(problem.key, problem.value),
+                "source": problem.source,
+                "problem": problem.reason,
+            }
+        )
     rows.sort(key=lambda row: row["key"])
 
     if as_json:
-        click.echo(json.dumps({"environment": loaded.environment, "config_hash": loaded.config_hash,
-                               "settings": rows}, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "environment": loaded.environment,
+                    "config_hash": loaded.config_hash,
+                    "settings": rows,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
-    table = Table(title=f"environment {loaded.environment} (config hash {loaded.config_hash})",
-                  title_justify="left")
+    table = Table(
+        title=f"environment {loaded.environment} (config hash {loaded.config_hash})",
+        title_justify="left",
+    )
     table.add_column("key")
     table.add_column("value", justify="right")
     table.add_column("source")
     for row in rows:
-        value = f"{row['value']!r} (invalid: {row['problem']})" if "problem" in row else str(row["value"])
+        value = (
+            f"{row['value']!r} (invalid: {row['problem']})"
+            if "problem" in row
+            else str(row["value"])
+        )
         table.add_row(escape(row["key"]), escape(value), escape(row["source"]))
     Console(width=max(120, Console().width)).print(table)
     if loaded.problems:
@@ -93,45 +127,101 @@ def config_show(env: str | None, as_json: bool) -> None:
 
 
 @config.command("validate")
-@click.option("--env", "env", default=None, help="Environment to validate (default: AUTOBOT_ENV, else development).")
+@click.option(
+    "--env",
+    "env",
+    default=None,
+    help="Environment to validate (default: AUTOBOT_ENV, else development).",
+)
 def config_validate(env: str | None) -> None:
     """Exit 0 when every setting is valid; otherwise list every problem and exit 1."""
     loaded = _load(env)
     if not loaded.problems:
-        click.echo(f"configuration for environment {loaded.environment!r} is valid "
-                   f"({len(loaded.timeouts)} timeouts, config hash {loaded.config_hash})")
+        click.echo(
+            f"configuration for environment {loaded.environment!r} is valid "
+            f"({len(loaded.timeouts)} timeouts, config hash {loaded.config_hash})"
+        )
         return
-    click.echo(f"configuration for environment {loaded.environment!r} has "
-               f"{len(loaded.problems)} problem(s):", err=True)
+    click.echo(
+        f"configuration for environment {loaded.environment!r} has "
+        f"{len(loaded.problems)} problem(s):",
+        err=True,
+    )
     for problem in loaded.problems:
-        click.echo(f"  - {problem.key} = {mask_secret(problem.key, problem.value)!r} "
-                   f"(from {problem.source}): {problem.reason}", err=True)
+        click.echo(
+            f"  - {problem.key} = {mask_secret(problem.key, problem.value)!r} "
+            f"(from {problem.source}): {problem.reason}",
+            err=True,
+        )
     sys.exit(1)
 
 
 @main.command()
-@click.option("--duration", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds to run; 0 runs until Ctrl-C.")
-@click.option("--fault", type=click.Choice(["none", "stall", "outage"]), default="none", show_default=True,
-              help="stall: CLIENT PAUSE Redis now and then; outage: stop and restart it.")
-@click.option("--redis-url", default=None, help="Redis to use (default: REDIS_URL, else a private redis-server).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address the demo service listens on.")
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=0,
-              help="Port of the demo service; 0 picks a free one.")
-@click.option("--concurrency", type=click.IntRange(min=1, max=1000), default=16, show_default=True,
-              help="Concurrent clients of the load driver.")
-@click.option("--live/--no-live", default=None, help="Live terminal view (default: when on a terminal).")
-def demo(duration: float, fault: str, redis_url: str | None, host: str, port: int,
-         concurrency: int, live: bool | None) -> None:
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to run; 0 runs until Ctrl-C.",
+)
+@click.option(
+    "--fault",
+    type=click.Choice(["none", "stall", "outage"]),
+    default="none",
+    show_default=True,
+    help="stall: CLIENT PAUSE Redis now and then; outage: stop and restart it.",
+)
+@click.option(
+    "--redis-url",
+    default=None,
+    help="Redis to use (default: REDIS_URL, else a private redis-server).",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address the demo service listens on."
+)
+@click.option(
+    "--port",
+    type=click.IntRange(min=0, max=65535),
+    default=0,
+    help="Port of the demo service; 0 picks a free one.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=1000),
+    default=16,
+    show_default=True,
+    help="Concurrent clients of the load driver.",
+)
+@click.option(
+    "--live/--no-live", default=None, help="Live terminal view (default: when on a terminal)."
+)
+def demo(
+    duration: float,
+    fault: str,
+    redis_url: str | None,
+    host: str,
+    port: int,
+    concurrency: int,
+    live: bool | None,
+) -> None:
     """Run an instrumented FastAPI service and a load driver against Redis."""
     from .demo.redis_server import RedisServerError
     from .demo.runner import DemoOptions, run_demo
 
     redis_url = redis_url or os.environ.get("REDIS_URL")
     if redis_url and fault != "none":
-        raise click.UsageError("--fault needs the private redis-server; leave out --redis-url and REDIS_URL")
-    options = DemoOptions(duration=duration, fault=fault, redis_url=redis_url, host=host, port=port,
-                          concurrency=concurrency, live=live)
+        raise click.UsageError(
+            "--fault needs the private redis-server; leave out --redis-url and REDIS_URL"
+        )
+    options = DemoOptions(
+        duration=duration,
+        fault=fault,
+        redis_url=redis_url,
+        host=host,
+        port=port,
+        concurrency=concurrency,
+        live=live,
+    )
     try:
         run_demo(options)
     except (RedisServerError, ConfigurationError) as exc:

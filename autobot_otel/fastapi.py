@@ -42,7 +42,9 @@ def monitoring_router(token: str | None = None) -> APIRouter:
             return
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.encode(), token.encode()
+        ):
             raise HTTPException(
                 status_code=401,
                 detail="missing or invalid bearer token for /monitoring",
@@ -74,7 +76,9 @@ def monitoring_router(token: str | None = None) -> APIRouter:
     return router
 
 
-def instrument_app(app: FastAPI, *, expose_monitoring: bool = True, token: str | None = None) -> FastAPI:
+def instrument_app(
+    app: FastAPI, *, expose_monitoring: bool = True, token: str | None = None
+) -> FastAPI:
     """Trace ``app`` with OpenTelemetry and add the ``/monitoring`` routes to it.
 
     Requests to ``/monitoring/*`` appear in no trace and no HTTP metric, however often

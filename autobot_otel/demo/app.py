@@ -33,7 +33,13 @@ def create_app(manager: AsyncRedisManager, *, expose_monitoring: bool = True) ->
         status = 504 if isinstance(exc, OperationTimeoutError) else 503
         return HTTPException(status_code=status, detail=f"{type(exc).__name__}: {exc}")
 
-    failures = (OperationTimeoutError, CircuitOpenError, PoolExhaustedError, ConnectionError, RedisError)
+    failures = (
+        OperationTimeoutError,
+        CircuitOpenError,
+        PoolExhaustedError,
+        ConnectionError,
+        RedisError,
+    )
 
     @app.get("/items/{key}")
     async def read_item(key: str) -> dict[str, object]:

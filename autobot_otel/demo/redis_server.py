@@ -57,13 +57,20 @@ class RedisServer:
         self._process = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self._directory),
-                "--logfile", str(log),
-                "--enable-debug-command", "local",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self._directory),
+                "--logfile",
+                str(log),
+                "--enable-debug-command",
+                "local",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -80,7 +87,9 @@ class RedisServer:
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RedisServerError(f"redis-server on port {self.port} did not answer within {timeout} s")
+        raise RedisServerError(
+            f"redis-server on port {self.port} did not answer within {timeout} s"
+        )
 
     def command(self, *args: str, timeout: float = 5.0) -> bytes:
         """Send one command over a fresh connection and return the raw reply."""

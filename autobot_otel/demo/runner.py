@@ -91,8 +91,17 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
 
 def _table(stats: _StatsProcessor, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("operation", "calls", "rate/s", "p50 ms", "p99 ms", "timeouts", "errors",
-                   "rejected", "pool exhausted"):
+    for column in (
+        "operation",
+        "calls",
+        "rate/s",
+        "p50 ms",
+        "p99 ms",
+        "timeouts",
+        "errors",
+        "rejected",
+        "pool exhausted",
+    ):
         table.add_column(column, justify="left" if column == "operation" else "right")
     now = time.monotonic()
     for name, operation in sorted(stats.operations.items()):
@@ -164,15 +173,15 @@ async def _inject_faults(
     return count
 
 
-async def _serve(options: DemoOptions, redis_url: str, server: RedisServer | None,
-                 console: Console) -> _StatsProcessor:
+async def _serve(
+    options: DemoOptions, redis_url: str, server: RedisServer | None, console: Console
+) -> _StatsProcessor:
     stats = _StatsProcessor()
     handle = setup_telemetry("autobot-demo", span_processors=[stats])
     manager = AsyncRedisManager(redis_url, {"main": 0, "cache": 1}, max_connections=64)
     port = options.port or free_port()
     app = create_app(manager)
-    config = uvicorn.Config(app, host=options.host, port=port, log_level="warning",
-                            lifespan="off")
+    config = uvicorn.Config(app, host=options.host, port=port, log_level="warning", lifespan="off")
     web = _EmbeddedServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -186,11 +195,15 @@ async def _serve(options: DemoOptions, redis_url: str, server: RedisServer | Non
             raise RuntimeError(f"the demo service could not start on {options.host}:{port}")
         await asyncio.sleep(0.05)
     base_url = f"http://{options.host}:{port}"
-    console.print(f"demo service on {base_url}; metrics at {base_url}/monitoring/metrics, "
-                  f"breakers at {base_url}/monitoring/breakers")
-    console.print(f"redis at {redis_url.split('@')[-1]}; fault: {options.fault}; "
-                  f"duration: {options.duration or 'until Ctrl-C'}"
-                  f"{' s' if options.duration else ''}")
+    console.print(
+        f"demo service on {base_url}; metrics at {base_url}/monitoring/metrics, "
+        f"breakers at {base_url}/monitoring/breakers"
+    )
+    console.print(
+        f"redis at {redis_url.split('@')[-1]}; fault: {options.fault}; "
+        f"duration: {options.duration or 'until Ctrl-C'}"
+        f"{' s' if options.duration else ''}"
+    )
 
     driver = asyncio.create_task(_drive(base_url, options.concurrency, stop))
     faults = asyncio.create_task(_inject_faults(server, options, stop, console))
@@ -198,10 +211,14 @@ async def _serve(options: DemoOptions, redis_url: str, server: RedisServer | Non
     live = console.is_terminal if options.live is None else options.live
     try:
         if live:
-            with Live(_table(stats, "autobot-otel demo"), console=console, refresh_per_second=2) as view:
+            with Live(
+                _table(stats, "autobot-otel demo"), console=console, refresh_per_second=2
+            ) as view:
                 while not stop.is_set() and not _expired(started, options.duration):
                     await asyncio.sleep(0.5)
-                    view.update(_table(stats, f"autobot-otel demo ({time.monotonic() - started:.0f} s)"))
+                    view.update(
+                        _table(stats, f"autobot-otel demo ({time.monotonic() - started:.0f} s)")
+                    )
         else:
             last_print = started
             while not stop.is_set() and not _expired(started, options.duration):
@@ -221,8 +238,9 @@ async def _serve(options: DemoOptions, redis_url: str, server: RedisServer | Non
             loop.remove_signal_handler(signum)
     console.print(_table(stats, "summary"))
     timeouts = sum(op.outcomes.get("timeout", 0) for op in stats.operations.values())
-    console.print(f"requests sent: {sent}; faults injected: {fault_count}; "
-                  f"operation timeouts: {timeouts}")
+    console.print(
+        f"requests sent: {sent}; faults injected: {fault_count}; operation timeouts: {timeouts}"
+    )
     return stats
 
 

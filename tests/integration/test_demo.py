@@ -21,8 +21,21 @@ def test_demo_with_stall_shows_timeouts() -> None:
     require_tool("redis-server", "apt-get install redis-server")
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "autobot_otel.cli", "demo", "--duration", "14", "--fault", "stall",
-         "--no-live", "--port", str(port), "--concurrency", "8"],
+        [
+            sys.executable,
+            "-m",
+            "autobot_otel.cli",
+            "demo",
+            "--duration",
+            "14",
+            "--fault",
+            "stall",
+            "--no-live",
+            "--port",
+            str(port),
+            "--concurrency",
+            "8",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -46,9 +59,12 @@ def test_demo_with_stall_shows_timeouts() -> None:
 
     assert process.returncode == 0, output
     assert re.search(
-        r'autobot_timeout_total\{database="main",operation_type="redis\.\w+",status="timeout"\} [1-9]', scrape
+        r'autobot_timeout_total\{database="main",operation_type="redis\.\w+",status="timeout"\} [1-9]',
+        scrape,
     ), scrape
-    assert 'autobot_redis_requests_total{database="main",operation="get",status="success"}' in scrape
+    assert (
+        'autobot_redis_requests_total{database="main",operation="get",status="success"}' in scrape
+    )
     buckets = re.findall(
         r'autobot_operation_duration_seconds_bucket\{database="main",le="([^"]+)",operation_type="redis.get"\}',
         scrape,

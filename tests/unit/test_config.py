@@ -50,7 +50,10 @@ def test_env_var_override_keeps_siblings(monkeypatch: pytest.MonkeyPatch) -> Non
     config = configure()
     assert config.timeouts["redis.operations.get"] == 0.25
     assert config.timeouts["redis.operations.set"] == 1.0
-    assert config.source_of("timeouts.redis.operations.get") == "AUTOBOT_TIMEOUTS__REDIS__OPERATIONS__GET"
+    assert (
+        config.source_of("timeouts.redis.operations.get")
+        == "AUTOBOT_TIMEOUTS__REDIS__OPERATIONS__GET"
+    )
     assert config.source_of("timeouts.redis.operations.set") == "packaged defaults [default]"
 
 
@@ -106,7 +109,9 @@ def test_invalid_env_value_names_key_value_source(
 
 def test_every_problem_listed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Problems from files and variables are reported together in one error."""
-    path = settings_file(tmp_path, "default:\n  timeouts:\n    llm:\n      default: -5\n      fast: 'x'\n")
+    path = settings_file(
+        tmp_path, "default:\n  timeouts:\n    llm:\n      default: -5\n      fast: 'x'\n"
+    )
     monkeypatch.setenv("AUTOBOT_TIMEOUTS__REDIS__OPERATIONS__GET", "0")
     with pytest.raises(ConfigurationError) as caught:
         load_config(settings_files=[path])
@@ -140,7 +145,9 @@ def test_group_replaced_by_scalar(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A misspelt environment is rejected with the known ones listed."""
     monkeypatch.setenv("AUTOBOT_ENV", "prod")
-    with pytest.raises(ConfigurationError, match=r"unknown environment 'prod'.*development, production"):
+    with pytest.raises(
+        ConfigurationError, match=r"unknown environment 'prod'.*development, production"
+    ):
         load_config()
 
 
@@ -186,16 +193,24 @@ def test_for_operation_resolution() -> None:
 
 def test_ambiguous_short_name(tmp_path: Path) -> None:
     """A leaf that appears in two groups of a system must be written in full."""
-    path = settings_file(tmp_path, "default:\n  timeouts:\n    llamaindex:\n      other:\n        query: 4\n")
+    path = settings_file(
+        tmp_path, "default:\n  timeouts:\n    llamaindex:\n      other:\n        query: 4\n"
+    )
     config = load_config(settings_files=[path])
-    with pytest.raises(UnknownOperationError, match=r"ambiguous.*llamaindex.other.query.*llamaindex.search.query"):
+    with pytest.raises(
+        UnknownOperationError, match=r"ambiguous.*llamaindex.other.query.*llamaindex.search.query"
+    ):
         config.resolve_operation("llamaindex.query")
     assert config.timeout_for("llamaindex.other.query") == 4.0
 
 
 def test_group_and_get_errors() -> None:
     """group() returns a group; get() on a group or a typo says what to do."""
-    assert timeouts.group("redis.connection") == {"socket_connect": 2.0, "socket_timeout": 2.0, "health_check": 1.0}
+    assert timeouts.group("redis.connection") == {
+        "socket_connect": 2.0,
+        "socket_timeout": 2.0,
+        "health_check": 1.0,
+    }
     with pytest.raises(KeyError, match=r"it is a group"):
         timeouts.get("redis.operations")
     with pytest.raises(KeyError, match=r"did you mean 'redis.operations.get'"):
@@ -207,7 +222,9 @@ def test_validate_reports_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     accessor = Timeouts(get_config())
     accessor.validate()
     monkeypatch.setenv("AUTOBOT_TIMEOUTS__LLM__FAST", "inf")
-    with pytest.raises(ConfigurationError, match=r"timeouts.llm.fast = inf \(from AUTOBOT_TIMEOUTS__LLM__FAST\)"):
+    with pytest.raises(
+        ConfigurationError, match=r"timeouts.llm.fast = inf \(from AUTOBOT_TIMEOUTS__LLM__FAST\)"
+    ):
         accessor.validate()
 
 
@@ -362,4 +379,6 @@ def test_config_info_and_timeout_gauges(telemetry: object) -> None:
         f'autobot_config_info{{config_hash="{config.config_hash}",environment="development"}} 1.0'
         in text
     )
-    assert 'autobot_operation_timeout_seconds{database="redis",operation_type="redis.get"} 1.0' in text
+    assert (
+        'autobot_operation_timeout_seconds{database="redis",operation_type="redis.get"} 1.0' in text
+    )

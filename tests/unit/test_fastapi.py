@@ -33,7 +33,10 @@ async def test_metrics_route_serves_exposition(telemetry: Telemetry) -> None:
         response = await client.get("/monitoring/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    assert 'autobot_operation_duration_seconds_count{database="llm",operation_type="llm.fast"} 1.0' in response.text
+    assert (
+        'autobot_operation_duration_seconds_count{database="llm",operation_type="llm.fast"} 1.0'
+        in response.text
+    )
 
 
 async def test_openmetrics_on_request(telemetry: Telemetry) -> None:
@@ -70,7 +73,9 @@ async def test_monitoring_routes_not_traced(telemetry: Telemetry) -> None:
     }
     assert routes == {"/hello"}
     text = telemetry.scrape()
-    http_lines = [line for line in text.splitlines() if line.startswith("http_server") and "{" in line]
+    http_lines = [
+        line for line in text.splitlines() if line.startswith("http_server") and "{" in line
+    ]
     assert http_lines, "the HTTP metrics of /hello are missing"
     assert not [line for line in http_lines if "/monitoring" in line]
 
@@ -94,7 +99,9 @@ async def test_monitoring_app_requires_token(telemetry: Telemetry) -> None:
         missing = await client.get("/monitoring/metrics")
         wrong = await client.get("/monitoring/metrics", headers={"authorization": "Bearer nope"})
         right = await client.get("/monitoring/metrics", headers={"authorization": "Bearer s3cret"})
-        breakers = await client.get("/monitoring/breakers", headers={"authorization": "Bearer s3cret"})
+        breakers = await client.get(
+            "/monitoring/breakers", headers={"authorization": "Bearer s3cret"}
+        )
     assert missing.status_code == 401
     assert wrong.status_code == 401
     assert right.status_code == 200

@@ -44,7 +44,10 @@ async def test_success_records_span_and_histogram(telemetry: Telemetry) -> None:
     assert span.attributes["autobot.outcome"] == "success"
     assert span.attributes["autobot.timeout_seconds"] == 30.0
     assert span.status.status_code is StatusCode.UNSET
-    assert telemetry.value("autobot.operation.duration", operation_type="llm.fast", database="llm") == 1
+    assert (
+        telemetry.value("autobot.operation.duration", operation_type="llm.fast", database="llm")
+        == 1
+    )
 
 
 async def test_timeout_raises_operation_timeout(telemetry: Telemetry) -> None:
@@ -63,7 +66,12 @@ async def test_timeout_raises_operation_timeout(telemetry: Telemetry) -> None:
     assert isinstance(caught.value, TimeoutError)
     assert caught.value.operation == "llm.fast"
     assert caught.value.timeout == 0.05
-    assert telemetry.value("autobot.timeout", operation_type="llm.fast", database="llm", status="timeout") == 1
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.fast", database="llm", status="timeout"
+        )
+        == 1
+    )
     (span,) = telemetry.spans("llm.fast")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None
@@ -73,7 +81,11 @@ async def test_timeout_raises_operation_timeout(telemetry: Telemetry) -> None:
 
 async def test_timeout_from_settings_file(tmp_path: Path, telemetry: Telemetry) -> None:
     """The timeout comes from the configuration layers and a reload changes it."""
-    configure(settings_files=[write_settings(tmp_path, "default:\n  timeouts:\n    llm:\n      fast: 0.05\n")])
+    configure(
+        settings_files=[
+            write_settings(tmp_path, "default:\n  timeouts:\n    llm:\n      fast: 0.05\n")
+        ]
+    )
 
     @timed_operation("llm.fast")
     async def slow() -> None:
@@ -81,9 +93,18 @@ async def test_timeout_from_settings_file(tmp_path: Path, telemetry: Telemetry) 
 
     with pytest.raises(OperationTimeoutError):
         await slow()
-    configure(settings_files=[write_settings(tmp_path, "default:\n  timeouts:\n    llm:\n      fast: 1.0\n")])
+    configure(
+        settings_files=[
+            write_settings(tmp_path, "default:\n  timeouts:\n    llm:\n      fast: 1.0\n")
+        ]
+    )
     await slow()
-    assert telemetry.value("autobot.timeout", operation_type="llm.fast", database="llm", status="timeout") == 1
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.fast", database="llm", status="timeout"
+        )
+        == 1
+    )
 
 
 async def test_error_is_recorded_and_reraised(telemetry: Telemetry) -> None:
@@ -101,9 +122,10 @@ async def test_error_is_recorded_and_reraised(telemetry: Telemetry) -> None:
     assert span.attributes["error.type"] == "KeyError"
     assert span.attributes["db.system.name"] == "redis"
     assert span.attributes["db.operation.name"] == "GET"
-    assert telemetry.value(
-        "autobot.redis.requests", database="redis", operation="get", status="error"
-    ) == 1
+    assert (
+        telemetry.value("autobot.redis.requests", database="redis", operation="get", status="error")
+        == 1
+    )
 
 
 async def test_external_cancellation_passes_through(telemetry: Telemetry) -> None:
@@ -164,8 +186,18 @@ async def test_nested_budget_limits_inner_call(telemetry: Telemetry) -> None:
     assert caught.value.operation == "llm.reasoning"
     assert seen[0] is not None
     assert 0.1 < seen[0] < 0.16
-    assert telemetry.value("autobot.timeout", operation_type="llm.reasoning", database="llm", status="timeout") == 1
-    assert telemetry.value("autobot.timeout", operation_type="llm.fast", database="llm", status="timeout") == 0
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.reasoning", database="llm", status="timeout"
+        )
+        == 1
+    )
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.fast", database="llm", status="timeout"
+        )
+        == 0
+    )
     (inner_span,) = telemetry.spans("llm.fast")
     assert inner_span.attributes is not None
     assert inner_span.attributes["autobot.outcome"] == "timeout"
@@ -189,7 +221,12 @@ async def test_inner_own_timeout_fires_first(telemetry: Telemetry) -> None:
     with pytest.raises(OperationTimeoutError) as caught:
         await outer()
     assert caught.value.operation == "llm.fast"
-    assert telemetry.value("autobot.timeout", operation_type="llm.fast", database="llm", status="timeout") == 1
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.fast", database="llm", status="timeout"
+        )
+        == 1
+    )
     (outer_span,) = telemetry.spans("llm.reasoning")
     assert outer_span.attributes is not None
     assert outer_span.attributes["autobot.outcome"] == "error"
@@ -266,10 +303,17 @@ async def test_swallowed_cancellation_still_times_out(telemetry: Telemetry) -> N
     _operation.get_operation("llm.fast").timeout = 0.05
     with pytest.raises(OperationTimeoutError):
         await stubborn()
-    assert telemetry.value("autobot.timeout", operation_type="llm.fast", database="llm", status="timeout") == 1
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.fast", database="llm", status="timeout"
+        )
+        == 1
+    )
 
 
-async def test_blocking_call_counted_as_overrun(telemetry: Telemetry, caplog: pytest.LogCaptureFixture) -> None:
+async def test_blocking_call_counted_as_overrun(
+    telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
     """A call that blocks the loop past its timeout is counted as an overrun and logged."""
     from autobot_otel import _operation
 
@@ -281,7 +325,12 @@ async def test_blocking_call_counted_as_overrun(telemetry: Telemetry, caplog: py
     _operation.get_operation("llm.fast").timeout = 0.02
     with caplog.at_level(logging.WARNING, logger="autobot_otel"):
         assert await blocks() == "done"
-    assert telemetry.value("autobot.timeout", operation_type="llm.fast", database="llm", status="overrun") == 1
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.fast", database="llm", status="overrun"
+        )
+        == 1
+    )
     assert any("operation.overrun" in record.getMessage() for record in caplog.records)
 
 
@@ -299,8 +348,16 @@ async def test_breaker_rejects_without_calling(telemetry: Telemetry) -> None:
     with pytest.raises(CircuitOpenError):
         await get()
     assert calls == 0
-    assert telemetry.value("autobot.redis.requests", database="redis", operation="get", status="rejected") == 1
-    assert telemetry.value("autobot.operation.duration", operation_type="redis.get", database="redis") == 0
+    assert (
+        telemetry.value(
+            "autobot.redis.requests", database="redis", operation="get", status="rejected"
+        )
+        == 1
+    )
+    assert (
+        telemetry.value("autobot.operation.duration", operation_type="redis.get", database="redis")
+        == 0
+    )
 
 
 async def test_timeouts_trip_breaker(telemetry: Telemetry) -> None:
@@ -332,18 +389,29 @@ def test_scrape_shows_exact_names(telemetry: Telemetry) -> None:
     async def run() -> None:
         await get()
         _operation.get_operation("redis.get", database="redis").timeout = 0.001
+
         @timed_operation("redis.set", database="redis")
         async def slow_set() -> None:
             await asyncio.sleep(1)
+
         _operation.get_operation("redis.set", database="redis").timeout = 0.01
         with pytest.raises(OperationTimeoutError):
             await slow_set()
 
     asyncio.run(run())
     text = telemetry.scrape()
-    assert 'autobot_timeout_total{database="redis",operation_type="redis.set",status="timeout"} 1.0' in text
-    assert 'autobot_redis_requests_total{database="redis",operation="get",status="success"} 1.0' in text
-    assert 'autobot_redis_requests_total{database="redis",operation="set",status="timeout"} 1.0' in text
+    assert (
+        'autobot_timeout_total{database="redis",operation_type="redis.set",status="timeout"} 1.0'
+        in text
+    )
+    assert (
+        'autobot_redis_requests_total{database="redis",operation="get",status="success"} 1.0'
+        in text
+    )
+    assert (
+        'autobot_redis_requests_total{database="redis",operation="set",status="timeout"} 1.0'
+        in text
+    )
     buckets = [
         line.split('le="')[1].split('"')[0]
         for line in text.splitlines()
@@ -358,7 +426,11 @@ def test_scrape_shows_exact_names(telemetry: Telemetry) -> None:
 
 async def test_deadline_budget_counted_once(tmp_path: Path, telemetry: Telemetry) -> None:
     """A budget that runs out is counted once, as budget_exhausted, where it was set."""
-    configure(settings_files=[write_settings(tmp_path, "default:\n  timeouts:\n    http:\n      request: 0.05\n")])
+    configure(
+        settings_files=[
+            write_settings(tmp_path, "default:\n  timeouts:\n    http:\n      request: 0.05\n")
+        ]
+    )
 
     @timed_operation("llm.fast")
     async def inner() -> None:
@@ -368,9 +440,15 @@ async def test_deadline_budget_counted_once(tmp_path: Path, telemetry: Telemetry
         async with deadline_budget("http.request"):
             await inner()
     assert caught.value.operation == "http.request"
-    assert telemetry.value(
-        "autobot.timeout", operation_type="http.request", database="http", status="budget_exhausted"
-    ) == 1
+    assert (
+        telemetry.value(
+            "autobot.timeout",
+            operation_type="http.request",
+            database="http",
+            status="budget_exhausted",
+        )
+        == 1
+    )
     assert len(telemetry.points("autobot.timeout")) == 1
     (inner_span,) = telemetry.spans("llm.fast")
     assert inner_span.attributes is not None
@@ -394,9 +472,12 @@ async def test_child_task_inherits_budget(telemetry: Telemetry) -> None:
     with pytest.raises(OperationTimeoutError) as caught:
         await asyncio.wait_for(task, timeout=2)
     assert caught.value.budget_owner == "llm.reasoning"
-    assert telemetry.value(
-        "autobot.timeout", operation_type="llm.fast", database="llm", status="budget_exhausted"
-    ) == 1
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.fast", database="llm", status="budget_exhausted"
+        )
+        == 1
+    )
 
 
 async def test_cancel_right_after_deadline_is_cancellation(telemetry: Telemetry) -> None:
