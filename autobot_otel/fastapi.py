@@ -13,8 +13,11 @@ token.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
@@ -25,7 +28,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from . import _telemetry
 from ._breaker_registry import all_breakers
 
-__all__ = ["instrument_app", "monitoring_app", "monitoring_router"]
+__all__ = [
+    "MonitoringServer",
+    "instrument_app",
+    "monitoring_app",
+    "monitoring_router",
+    "start_monitoring_server",
+]
 
 logger = logging.getLogger("autobot_otel")
 
@@ -104,3 +113,60 @@ def monitoring_app(token: str | None = None) -> FastAPI:
     app = FastAPI(title="autobot-otel monitoring", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(monitoring_router(token))
     return app
+
+
+class MonitoringServer:
+    """The ``/monitoring`` routes served by uvicorn on their own address, in this loop."""
+
+    def __init__(self, host: str, port: int, token: str | None) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            # The application owns SIGINT and SIGTERM; this server stops when told to.
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        config = uvicorn.Config(
+            monitoring_app(token), host=host, port=port, log_level="warning", lifespan="off"
+        )
+        self.host = host
+        self.port = port
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, for example ``http://127.0.0.1:9464``."""
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> MonitoringServer:
+        """Start serving and wait until the port accepts connections."""
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                await self._task
+                raise RuntimeError(f"monitoring server could not listen on {self.host}:{self.port}")
+            await asyncio.sleep(0.01)
+        logger.info("monitoring.started", extra={"autobot.url": self.url})
+        return self
+
+    async def stop(self) -> None:
+        """Stop serving and wait for the server to finish."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._task = None
+
+
+async def start_monitoring_server(
+    host: str = "127.0.0.1", port: int = 9464, token: str | None = None
+) -> MonitoringServer:
+    """Serve ``/monitoring/metrics`` and ``/monitoring/breakers`` on their own port.
+
+    Use it when the application port is public: bind this one to a private address, and
+    give ``token`` to require ``Authorization: Bearer <token>``. Call it from the running
+    loop (for example in a FastAPI lifespan handler) and ``await stop()`` at shutdown.
+    """
+    return await MonitoringServer(host, port, token).start()

@@ -116,3 +116,22 @@ async def test_metrics_without_telemetry_is_503() -> None:
         response = await client.get("/monitoring/metrics")
     assert response.status_code == 503
     assert "setup_telemetry" in response.text
+
+
+async def test_monitoring_server_on_own_port(telemetry: Telemetry) -> None:
+    """start_monitoring_server serves the routes on a separate port behind a token."""
+    from autobot_otel.demo.redis_server import free_port
+    from autobot_otel.fastapi import start_monitoring_server
+
+    server = await start_monitoring_server("127.0.0.1", free_port(), token="t0ken")
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            denied = await client.get("/monitoring/metrics")
+            allowed = await client.get(
+                "/monitoring/metrics", headers={"authorization": "Bearer t0ken"}
+            )
+    finally:
+        await server.stop()
+    assert denied.status_code == 401
+    assert allowed.status_code == 200
+    assert "autobot_config_info" in allowed.text
