@@ -13,6 +13,7 @@ inside the operation's timeout.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
+from redis.asyncio.connection import parse_url
 
 from . import _telemetry
 from ._breaker import CircuitBreaker
@@ -36,7 +38,9 @@ __all__ = ["AsyncRedisManager", "RedisDatabase", "RedisPipeline"]
 logger = logging.getLogger("autobot_otel")
 
 _OPERATIONS = ("get", "set", "hgetall", "pipeline", "scan_iter")
-_MaxConnectionsError: type[Exception] | None = getattr(redis_exceptions, "MaxConnectionsError", None)
+_MaxConnectionsError: type[Exception] | None = getattr(
+    redis_exceptions, "MaxConnectionsError", None
+)
 
 
 def _is_pool_exhausted(exc: BaseException) -> bool:
@@ -65,13 +69,14 @@ class RedisPipeline:
         """Send the queued commands in one round trip and return their replies."""
         database = self._database
         async with _Call(database.operations["pipeline"]):
-            return await database._guard(self.pipe.execute())
+            replies: list[Any] = await database._guard(self.pipe.execute())
+            return replies
 
     async def __aenter__(self) -> RedisPipeline:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.pipe.reset()
+        await self.pipe.reset()  # type: ignore[no-untyped-call]
 
 
 class RedisDatabase:
@@ -94,12 +99,28 @@ class RedisDatabase:
         }
 
     async def _guard(self, awaitable: Any) -> Any:
+        """Await one redis-py call, turning pool exhaustion into PoolExhaustedError.
+
+        It also raises CancelledError when a cancellation requested during the call
+        was lost. redis-py (checked with 8.2) sends each command under
+        ``asyncio.wait_for(send, socket_timeout)``, and on Python 3.11 ``wait_for``
+        returns the result instead of raising when the cancellation arrives just as the
+        send completes. Python 3.12 rebuilt ``wait_for`` on ``asyncio.timeout``, which
+        does not lose it. Raising here keeps a cancelled caller cancelled and turns a
+        timer that fired into a timeout. The command has completed by then and its
+        connection is back in the pool, so no reply is left unread on it.
+        """
+        task = asyncio.current_task()
+        requested = task.cancelling() if task is not None else 0
         try:
-            return await awaitable
+            result = await awaitable
         except redis_exceptions.ConnectionError as exc:
             if _is_pool_exhausted(exc):
                 raise PoolExhaustedError(self.name, self.max_connections) from exc
             raise
+        if task is not None and task.cancelling() > requested:
+            raise asyncio.CancelledError
+        return result
 
     async def get(self, key: str | bytes) -> Any:
         """Return the value at ``key``, or None."""
@@ -140,10 +161,16 @@ class RedisDatabase:
                 return
 
     def pool_usage(self) -> tuple[int, int]:
-        """Return (in_use, idle) connection counts without blocking or awaiting."""
+        """Return (in_use, idle) connection counts without blocking or awaiting.
+
+        ``idle`` counts only open connections. The pool keeps the objects of connections
+        that were closed (after an error, a timeout or an outage) and reconnects them on
+        the next use, and those are not idle connections to the server.
+        """
         pool = self.client.connection_pool
         in_use = len(getattr(pool, "_in_use_connections", ()))
-        idle = len(getattr(pool, "_available_connections", ()))
+        available = getattr(pool, "_available_connections", ())
+        idle = sum(1 for connection in available if getattr(connection, "is_connected", True))
         return in_use, idle
 
 
@@ -151,9 +178,9 @@ class AsyncRedisManager:
     """Pooled redis-py asyncio clients, one per logical database.
 
     ``databases`` maps names to Redis database indexes, for example
-    ``{"main": 0, "cache": 1}``. Each database gets a circuit breaker named after it
-    (settings ``circuit_breaker.<name>`` over ``circuit_breaker.default``) unless
-    ``breakers=False``.
+    ``{"main": 0, "cache": 1}``. The mapping chooses the index, so a database in ``url``
+    is ignored. Each database gets a circuit breaker named after it (settings
+    ``circuit_breaker.<name>`` over ``circuit_breaker.default``) unless ``breakers=False``.
     """
 
     def __init__(
@@ -172,6 +199,20 @@ class AsyncRedisManager:
             raise ValueError(f"max_connections must be at least 1, not {max_connections!r}")
         connection = get_config().timeouts
         self.url = url
+        # The mapping, not the URL, chooses each database. redis-py's from_url() lets a
+        # database in the URL ("/0" or "?db=0") override its db argument, which put every
+        # name on that one database. So the URL is parsed here and its db replaced.
+        url_options = parse_url(url)
+        pool_class = aioredis.BlockingConnectionPool if blocking_pool else aioredis.ConnectionPool
+        pool_options: dict[str, Any] = {
+            "max_connections": max_connections,
+            "socket_connect_timeout": connection["redis.connection.socket_connect"],
+            "socket_timeout": connection["redis.connection.socket_timeout"],
+            "health_check_interval": connection["redis.connection.health_check"],
+        }
+        if blocking_pool:
+            # The operation's own timeout bounds the wait for a free connection.
+            pool_options["timeout"] = None
         self._databases: dict[str, RedisDatabase] = {}
         for name, index in databases.items():
             if not isinstance(index, int) or isinstance(index, bool) or index < 0:
@@ -180,20 +221,8 @@ class AsyncRedisManager:
                     f"not {index!r}"
                 )
             declare_database(name)
-            pool_class = aioredis.BlockingConnectionPool if blocking_pool else aioredis.ConnectionPool
-            pool_options: dict[str, Any] = {}
-            if blocking_pool:
-                # The operation's own timeout bounds the wait for a free connection.
-                pool_options["timeout"] = None
-            pool = pool_class.from_url(
-                url,
-                db=index,
-                max_connections=max_connections,
-                socket_connect_timeout=connection["redis.connection.socket_connect"],
-                socket_timeout=connection["redis.connection.socket_timeout"],
-                health_check_interval=connection["redis.connection.health_check"],
-                **pool_options,
-            )
+            options: dict[str, Any] = {**pool_options, **url_options, "db": index}
+            pool = pool_class(**options)
             client = aioredis.Redis(connection_pool=pool)
             if instrument:
                 _instrument_client(client)
