@@ -103,7 +103,8 @@ def redis_server(redis_server_process: RedisServer) -> RedisServer:
     server = redis_server_process
     if not server.ping():
         server.start()
-    server.command("CLIENT", "UNPAUSE")
+    # CLIENT UNPAUSE waits out a pause left by an earlier test, so allow for it.
+    server.command("CLIENT", "UNPAUSE", timeout=15)
     server.command("FLUSHALL")
     server.command("CONFIG", "RESETSTAT")
     return server

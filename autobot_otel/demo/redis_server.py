@@ -54,6 +54,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
         log = self._directory / "redis.log"
+        self._close_pipe()
         self._process = subprocess.Popen(
             [
                 self.binary,
@@ -125,6 +126,11 @@ class RedisServer:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
             self._process.wait(timeout=10)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self._process is not None and self._process.stderr is not None:
+            self._process.stderr.close()
 
     def restart(self) -> None:
         """Start the server again on the same port after ``kill()``."""
@@ -140,8 +146,7 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=10)
-        if self._process is not None and self._process.stderr is not None:
-            self._process.stderr.close()
+        self._close_pipe()
         with contextlib.suppress(OSError):
             shutil.rmtree(self._directory)
 

@@ -56,12 +56,6 @@ def breaker_settings(**main: object) -> str:
 
 def start_again(server: RedisServer) -> None:
     """Start the killed ``server`` again on its port."""
-    # NOTE: RedisServer.kill() leaves the dead process's stderr pipe open and start()
-    # drops it, which pytest turns into an error (an unclosed-file ResourceWarning).
-    # Closing the pipe here works around it until kill() closes the pipe itself.
-    process = server._process
-    if process is not None and process.stderr is not None:
-        process.stderr.close()
     server.start()
 
 
