@@ -84,12 +84,46 @@ def _observe(gauge: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
     return callback
 
 
+class InProcessCounter:
+    """A monotonic counter summed in process and reported by an observable counter.
+
+    ``add()`` takes the same arguments as an SDK counter's, but it only updates a dict
+    under a lock. The SDK's ``Counter.add()`` validates and hashes the attributes and
+    offers an exemplar on every call, at about the cost of a histogram ``record()``
+    (docs/performance.md has the measurements). Collection reports the totals, so a
+    scrape shows the same series, values and ``_total`` name. Unlike a synchronous
+    counter, it attaches no exemplars.
+    """
+
+    def __init__(self, meter: Meter, name: str, unit: str, description: str) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[tuple[str, str], ...], int] = {}
+        meter.create_observable_counter(
+            name, callbacks=[self._observe], unit=unit, description=description
+        )
+
+    def add(self, amount: int, attributes: Mapping[str, str]) -> None:
+        """Add ``amount`` to the series with ``attributes``."""
+        key = tuple(attributes.items())
+        # The lock keeps increments from event loops in several threads from being lost.
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + amount
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._counts.items())
+        return [Observation(total, dict(key)) for key, total in counts]
+
+
 class Instruments:
     """Every instrument of the package, created from one meter and one tracer."""
 
     def __init__(self, meter: Meter, tracer: Tracer) -> None:
         self.tracer = tracer
-        self.timeouts = meter.create_counter(
+        # When a backend stalls, many calls time out at once, and every timeout handled
+        # delays the next one on the event loop, so this count takes the cheap path too.
+        self.timeouts = InProcessCounter(
+            meter,
             "autobot.timeout",
             unit="{timeout}",
             description="Deadlines that fired, by operation and by whose deadline it was",
@@ -100,7 +134,9 @@ class Instruments:
             description="Duration of timed operations, whatever their outcome",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        self.redis_requests = meter.create_counter(
+        # Counted on every Redis call, so it takes the cheaper in-process path.
+        self.redis_requests = InProcessCounter(
+            meter,
             "autobot.redis.requests",
             unit="{request}",
             description="Redis operations by database, operation and outcome",
