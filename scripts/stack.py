@@ -690,14 +690,9 @@ class Stack:
         """Kill redis-server, an outage; ``start_redis()`` brings it back on the same port."""
         assert self.redis is not None
         self.redis.kill()
-        # NOTE: RedisServer.kill() leaves the stderr pipe of the killed process open, and
-        # start() replaces the process without closing it, which leaks a file descriptor
-        # and raises a ResourceWarning. Close it here until RedisServer does so itself.
-        killed = getattr(self.redis, "_process", None)
-        if killed is not None and killed.stderr is not None:
-            killed.stderr.close()
 
     def start_redis(self) -> None:
+        """Start redis-server again after ``stop_redis()``, on the same port."""
         assert self.redis is not None
         self.redis.start()
 
