@@ -125,6 +125,19 @@ class _Operation:
         else:
             self.database_label = self._undeclared("database", self.database)
         self._build_attributes()
+        self.seed_series(_telemetry.instruments())
+
+    def seed_series(self, instruments: _telemetry.Instruments) -> None:
+        """Create this operation's main counter series at 0.
+
+        rate() and increase() need a sample before the first event to see that event,
+        so a series that first appears at 1 would hide the first timeout of each label set.
+        """
+        status = TIMEOUT_BUDGET if self.is_budget else TIMEOUT_OWN
+        instruments.timeouts.add(0, self.timeout_attributes[status])
+        if self.redis_attributes is not None:
+            for outcome in (SUCCESS, ERROR, TIMEOUT):
+                instruments.redis_requests.add(0, self.redis_attributes[outcome])
 
     def _undeclared(self, kind: str, value: str) -> str:
         # Label values come only from the configuration, so that a typo or a name built
@@ -255,7 +268,18 @@ def _timeout_gauge() -> list[tuple[float, dict[str, str]]]:
     ]
 
 
+def _seed_all() -> None:
+    instruments = _telemetry._instruments
+    if instruments is None:
+        return
+    with _registry_lock:
+        operations = list(_operations.values())
+    for operation in operations:
+        operation.seed_series(instruments)
+
+
 add_config_listener(_apply_config)
+_telemetry.add_instruments_listener(_seed_all)
 add_config_validator(_check_operations)
 _telemetry.add_gauge_source("operation_timeout", _timeout_gauge)
 

@@ -61,6 +61,14 @@ class Telemetry:
                         found.extend(item.data.data_points)
         return found
 
+    def counted(self, metric: str) -> list[Any]:
+        """Return the points of ``metric`` with a value above 0.
+
+        Counter series of each operation are created at 0 when it is first used, so
+        "nothing was counted" means no point above 0, not no point at all.
+        """
+        return [point for point in self.points(metric) if getattr(point, "value", 0) > 0]
+
     def value(self, metric: str, **attributes: str) -> float:
         """Return the value (or histogram count) of the point with exactly ``attributes``."""
         for point in self.points(metric):

@@ -392,7 +392,7 @@ async def test_exhausted_pool_raises_pool_exhausted(
     assert requests(telemetry, "get", "pool_exhausted") == 8
     assert requests(telemetry, "get", "success") == 2
     assert requests(telemetry, "get", "timeout") == 0
-    assert telemetry.points("autobot.timeout") == []
+    assert telemetry.counted("autobot.timeout") == []
 
 
 async def test_blocking_pool_wait_counts_in_timeout(

@@ -142,7 +142,7 @@ async def test_external_cancellation_passes_through(telemetry: Telemetry) -> Non
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert telemetry.points("autobot.timeout") == []
+    assert telemetry.counted("autobot.timeout") == []
     (span,) = telemetry.spans("llm.fast")
     assert span.attributes is not None
     assert span.attributes["autobot.outcome"] == "cancelled"
@@ -161,7 +161,7 @@ async def test_cancellation_before_call_counts_nothing(telemetry: Telemetry) -> 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert telemetry.spans("llm.fast") == []
-    assert telemetry.points("autobot.timeout") == []
+    assert telemetry.counted("autobot.timeout") == []
 
 
 async def test_nested_budget_limits_inner_call(telemetry: Telemetry) -> None:
@@ -449,7 +449,7 @@ async def test_deadline_budget_counted_once(tmp_path: Path, telemetry: Telemetry
         )
         == 1
     )
-    assert len(telemetry.points("autobot.timeout")) == 1
+    assert len(telemetry.counted("autobot.timeout")) == 1
     (inner_span,) = telemetry.spans("llm.fast")
     assert inner_span.attributes is not None
     assert inner_span.attributes["autobot.timeout.source"] == "budget"
@@ -499,7 +499,7 @@ async def test_cancel_right_after_deadline_is_cancellation(telemetry: Telemetry)
     task = asyncio.create_task(victim())
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert telemetry.points("autobot.timeout") == []
+    assert telemetry.counted("autobot.timeout") == []
     (span,) = telemetry.spans("llm.fast")
     assert span.attributes is not None
     assert span.attributes["autobot.outcome"] == "cancelled"
