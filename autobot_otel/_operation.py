@@ -549,9 +549,9 @@ class _Call:
             return
         if outcome == SUCCESS:
             breaker.on_success(self.permit, duration)
-        elif outcome == CANCELLED or budget or exc is None:
-            # Cancellation, and an enclosing budget running out, say nothing about the
-            # health of this backend.
+        elif outcome in (CANCELLED, POOL_EXHAUSTED) or budget or exc is None:
+            # Cancellation, an enclosing budget running out and a full local pool say
+            # nothing about the health of the backend, so they neither trip nor heal it.
             breaker.release(self.permit)
         else:
             breaker.on_failure(self.permit, duration, exc)

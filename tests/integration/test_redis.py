@@ -344,7 +344,7 @@ async def test_exhausted_pool_raises_pool_exhausted(
     tmp_path: Path, redis_server: RedisServer, telemetry: Telemetry
 ) -> None:
     """With two connections stalled, eight more calls fail at once with PoolExhaustedError."""
-    # Pool exhaustion is a client-side limit, so this breaker ignores it. With
+    # Pool exhaustion is a client-side limit, so the breaker does not count it. With
     # minimum_calls 2, the eight exhaustions would open the breaker if they counted.
     use_settings(
         tmp_path,
@@ -353,7 +353,6 @@ async def test_exhausted_pool_raises_pool_exhausted(
           circuit_breaker:
             main:
               minimum_calls: 2
-              ignore_exceptions: [autobot_otel.PoolExhaustedError]
         """,
     )
     async with AsyncRedisManager(redis_server.url, {"main": 0}, max_connections=2) as manager:
