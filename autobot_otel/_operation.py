@@ -118,7 +118,9 @@ class _Operation:
             if self.default is None:
                 raise
             self.config_key = None
-        self.timeout = config.timeouts[self.config_key] if self.config_key else float(self.default or 0)
+        self.timeout = (
+            config.timeouts[self.config_key] if self.config_key else float(self.default or 0)
+        )
         self.label = self.name if self.config_key else self._undeclared("operation", self.name)
         if self.database in _declared_databases(config):
             self.database_label = self.database
@@ -170,7 +172,11 @@ class _Operation:
             span["db.system.name"] = db_system
             span["db.operation.name"] = operation.upper()
             self.redis_attributes = {
-                outcome: {"database": self.database_label, "operation": operation, "status": outcome}
+                outcome: {
+                    "database": self.database_label,
+                    "operation": operation,
+                    "status": outcome,
+                }
                 for outcome in OUTCOMES
             }
         else:
@@ -359,6 +365,7 @@ class _Call:
     """One execution of an operation: breaker permit, deadline, span and metrics."""
 
     __slots__ = (
+        "cancel_requests",
         "context",
         "deadline",
         "given",
@@ -384,6 +391,7 @@ class _Call:
     span: Span
     start: float
     task: asyncio.Task[Any] | None
+    cancel_requests: int
     timer_scope: _Call
     token: Token[otel_context.Context]
 
@@ -429,6 +437,7 @@ class _Call:
             self.timer = _Timer(own_deadline)
             self.timer_scope = self
         self.task = task
+        self.cancel_requests = task.cancelling() if task is not None else 0
 
         span = instruments.tracer.start_span(
             operation.name, kind=SpanKind.INTERNAL, attributes=operation.span_attributes
@@ -495,6 +504,18 @@ class _Call:
             outcome = POOL_EXHAUSTED if isinstance(exc, PoolExhaustedError) else ERROR
             self._finish(instruments, outcome, exc, duration)
             return None
+
+        task = self.task
+        if task is not None and task.cancelling() > self.cancel_requests:
+            # A cancellation was requested during the call but never delivered: on Python
+            # 3.11, asyncio.wait_for can return a result instead of raising one. Deliver it
+            # now, so that a cancellation from outside is never lost.
+            scope = self.timer_scope
+            budget = timer is None and scope.timer is not None and scope.timer.expired()
+            self._finish(
+                instruments, TIMEOUT if budget else CANCELLED, None, duration, budget=budget
+            )
+            raise asyncio.CancelledError()
 
         if timer is not None and duration > self.given:
             # The timer could not interrupt the call: it blocked the event loop.

@@ -15,6 +15,11 @@ from tests.tools import require_tool
 
 pytestmark = pytest.mark.integration
 
+# A Redis timeout counted at least once; every series also exists at 0 from the start.
+TIMEOUT_LINE = re.compile(
+    r'autobot_timeout_total\{database="main",operation_type="redis\.\w+",status="timeout"\} [1-9]'
+)
+
 
 def test_demo_with_stall_shows_timeouts() -> None:
     """A stalled demo run exposes the three metrics and ends with timeouts counted."""
@@ -49,7 +54,7 @@ def test_demo_with_stall_shows_timeouts() -> None:
                 scrape = httpx.get(f"http://127.0.0.1:{port}/monitoring/metrics", timeout=5).text
             except httpx.HTTPError:
                 continue
-            if "autobot_timeout_total{" in scrape:
+            if TIMEOUT_LINE.search(scrape):
                 break
         output, _ = process.communicate(timeout=60)
     finally:
@@ -58,10 +63,7 @@ def test_demo_with_stall_shows_timeouts() -> None:
             process.wait()
 
     assert process.returncode == 0, output
-    assert re.search(
-        r'autobot_timeout_total\{database="main",operation_type="redis\.\w+",status="timeout"\} [1-9]',
-        scrape,
-    ), scrape
+    assert TIMEOUT_LINE.search(scrape), scrape
     assert (
         'autobot_redis_requests_total{database="main",operation="get",status="success"}' in scrape
     )

@@ -503,3 +503,25 @@ async def test_cancel_right_after_deadline_is_cancellation(telemetry: Telemetry)
     (span,) = telemetry.spans("llm.fast")
     assert span.attributes is not None
     assert span.attributes["autobot.outcome"] == "cancelled"
+
+
+async def test_swallowed_outside_cancel_is_delivered(telemetry: Telemetry) -> None:
+    """A cancellation swallowed below the call, without uncancel(), still cancels."""
+
+    @timed_operation("llm.fast")
+    async def loses_cancel() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # As asyncio.wait_for on Python 3.11 can, when a result is ready too.
+        return "result"
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(loses_cancel())
+    assert telemetry.counted("autobot.timeout") == []
+    (span,) = telemetry.spans("llm.fast")
+    assert span.attributes is not None
+    assert span.attributes["autobot.outcome"] == "cancelled"
