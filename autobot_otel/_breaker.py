@@ -302,7 +302,10 @@ def _parse_number(value: object, rule: _NumberRule) -> tuple[float | int, str | 
     else:
         if not isinstance(value, int | float):
             return 0, f"{expected}, not {type(value).__name__} {value!r}"
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return 0, f"{expected}; the value is out of range"
         if not math.isfinite(number):
             return 0, f"{expected}; the value must be finite"
     if not rule.is_valid(number):

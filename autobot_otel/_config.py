@@ -104,7 +104,15 @@ def _resolve_settings_files(settings_files: Sequence[str | os.PathLike[str]] | N
 
 def _read_sections(path: Path) -> dict[str, Any]:
     """Parse one settings file to find its environment sections and report syntax errors."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"settings file {str(path)!r} is not valid UTF-8 ({exc.reason} at byte "
+            f"{exc.start}); save it as UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise ConfigurationError(f"settings file {str(path)!r} cannot be read: {exc}") from exc
     try:
         if path.suffix.lower() in {".yaml", ".yml"}:
             data = yaml.safe_load(text)
@@ -162,8 +170,19 @@ def _load_dynaconf(environment: str, files: list[Path]) -> Dynaconf:
     try:
         settings.as_dict()  # Dynaconf loads lazily; parse every layer now.
     except Exception as exc:  # Dynaconf wraps parser errors in many types.
-        names = ", ".join(str(path) for path in files) or "packaged defaults"
-        raise ConfigurationError(f"could not load settings from {names}: {exc}") from exc
+        layers = [str(path) for path in files] or ["packaged defaults"]
+        # Dynaconf parses "@int", "@json" and similar markers in variables; name the
+        # variables that use one, since the error itself does not.
+        marked = sorted(
+            name
+            for name, value in os.environ.items()
+            if name.upper().startswith(f"{ENV_PREFIX}_") and value.lstrip().startswith("@")
+        )
+        if marked:
+            layers.append(f"environment variables {', '.join(marked)}")
+        raise ConfigurationError(
+            f"could not load settings from {' and '.join(layers)}: {exc}"
+        ) from exc
     return settings
 
 
@@ -232,21 +251,26 @@ def _source_of(settings: Dynaconf, key: str) -> str:
 
 
 def timeout_problem(value: object) -> str | None:
-    """Return why ``value`` is not a valid timeout in seconds, or None if it is valid."""
+    """Return why ``value`` is not a valid timeout in seconds, or None if it is valid.
+
+    The reason never repeats the value, which the caller shows masked where needed.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         if isinstance(value, str):
             try:
                 float(value)
             except ValueError:
-                return f"must be a number of seconds, not the text {value!r}"
-            return f"must be a number of seconds, not the quoted text {value!r}; remove the quotes"
+                return "must be a number of seconds, not text"
+            return "must be a number of seconds, not quoted text; remove the quotes"
         if isinstance(value, Mapping):
             return "must be a number of seconds, not a group of keys"
         return f"must be a number of seconds, not {type(value).__name__}"
-    if math.isnan(value):
-        return "must be a number of seconds, not NaN"
-    if math.isinf(value):
-        return "must be finite; an infinite timeout bounds nothing"
+    # Integers are compared as integers: float() of a huge one raises OverflowError.
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "must be a number of seconds, not NaN"
+        if math.isinf(value):
+            return "must be finite; an infinite timeout bounds nothing"
     if value <= 0:
         return "must be greater than zero"
     if value > MAX_TIMEOUT_SECONDS:
@@ -261,6 +285,13 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
             yield from _flatten(value, path)
         else:
             yield path, value
+
+
+def _subtree(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def _packaged_schema() -> dict[str, Any]:
@@ -399,6 +430,21 @@ def load_config(
     replaced_groups: set[str] = set()
     for key in _packaged_schema():
         if key in flat or any(key.startswith(f"{group}.") for group in replaced_groups):
+            continue
+        children = [name for name in flat if name.startswith(f"{key}.")]
+        if children:
+            # A layer put a group of keys where a timeout belongs: report the timeout's
+            # key, and do not take the keys below it as timeouts of their own.
+            problems.append(
+                ConfigProblem(
+                    f"timeouts.{key}",
+                    _subtree(timeouts_tree, key),
+                    _source_of(settings, f"timeouts.{key}"),
+                    "must be a number of seconds, not a group of keys",
+                )
+            )
+            for name in children:
+                flat.pop(name)
             continue
         # A required key is missing because a layer replaced one of its groups.
         parent = key

@@ -85,7 +85,7 @@ def test_settings_file_layers_and_merges(tmp_path: Path, monkeypatch: pytest.Mon
     [
         ("0", "greater than zero"),
         ("-1", "greater than zero"),
-        ("abc", "not the text 'abc'"),
+        ("abc", "not text"),
         ("nan", "not NaN"),
         ("inf", "must be finite"),
         ("true", "not bool"),
