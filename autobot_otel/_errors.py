@@ -14,6 +14,7 @@ Cancellation is never wrapped: ``asyncio.CancelledError`` passes through unchang
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,21 @@ __all__ = [
     "PoolExhaustedError",
     "UnknownOperationError",
 ]
+
+
+_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api_?key|credential", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@", re.IGNORECASE
+)
+
+
+def mask_secret(key: str, value: object) -> object:
+    """Hide values that look like secrets: keys named like passwords, URL credentials."""
+    if _SECRET_KEY.search(key) and value not in (None, ""):
+        return "****"
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(lambda match: f"{match['scheme']}****@", value)
+    return value
 
 
 class AutobotError(Exception):
@@ -42,7 +58,8 @@ class ConfigProblem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.key} = {self.value!r} (from {self.source}): {self.reason}"
+        shown = mask_secret(self.key, self.value)
+        return f"{self.key} = {shown!r} (from {self.source}): {self.reason}"
 
 
 class ConfigurationError(AutobotError, ValueError):

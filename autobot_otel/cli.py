@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -15,23 +14,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._config import load_config
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, mask_secret
 
 __all__ = ["main"]
-
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api_?key|credential", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@", re.IGNORECASE
-)
-
-
-def mask_secret(key: str, value: object) -> object:
-    """Hide values that look like secrets: keys named like passwords, URL credentials."""
-    if _SECRET_KEY.search(key) and value not in (None, ""):
-        return "****"
-    if isinstance(value, str):
-        return _URL_CREDENTIALS.sub(lambda match: f"{match['scheme']}****@", value)
-    return value
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:

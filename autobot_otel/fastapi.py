@@ -46,6 +46,10 @@ EXCLUDED_URLS = r"/monitoring(/.*)?$"
 def monitoring_router(token: str | None = None) -> APIRouter:
     """Return the ``/monitoring`` routes; with ``token`` they require ``Authorization: Bearer``."""
 
+    if token is not None and not token.strip():
+        # An unset variable passed as the token must not open the routes to everyone.
+        raise ValueError("the /monitoring token is empty; pass None to serve without a token")
+
     def check(request: Request) -> None:
         if token is None:
             return
