@@ -127,7 +127,11 @@ class _Operation:
         else:
             self.database_label = self._undeclared("database", self.database)
         self._build_attributes()
-        self.seed_series(_telemetry.instruments())
+        # Without active instruments there is nothing to seed yet; the instruments
+        # listener seeds every operation when they are installed.
+        instruments = _telemetry._instruments
+        if instruments is not None:
+            self.seed_series(instruments)
 
     def seed_series(self, instruments: _telemetry.Instruments) -> None:
         """Create this operation's main counter series at 0.
@@ -439,9 +443,7 @@ class _Call:
         self.task = task
         self.cancel_requests = task.cancelling() if task is not None else 0
 
-        span = instruments.tracer.start_span(
-            operation.name, kind=SpanKind.INTERNAL, attributes=operation.span_attributes
-        )
+        span = _start_span(instruments, operation)
         self.span = span
         self.context = trace.set_span_in_context(span)
         self.token = otel_context.attach(self.context)
@@ -558,7 +560,7 @@ class _Call:
             if span.is_recording():
                 _annotate_span(span, self, outcome, exc, budget)
         finally:
-            span.end()
+            _end_span(span)
             _current_scope.reset(self.scope_token)
             otel_context.detach(self.token)
 
@@ -609,15 +611,41 @@ def _record_rejection(
     # better exactly while the backend is failing.
     if operation.redis_attributes is not None:
         instruments.redis_requests.add(1, operation.redis_attributes[REJECTED])
-    span = instruments.tracer.start_span(
-        operation.name, kind=SpanKind.INTERNAL, attributes=operation.span_attributes
-    )
+    span = _start_span(instruments, operation)
     if span.is_recording():
         span.set_attribute("autobot.outcome", REJECTED)
         span.set_attribute("error.type", _error_type(exc))
         span.set_attribute("autobot.circuit_breaker.state", "open")
         span.set_status(StatusCode.ERROR, "circuit breaker open")
-    span.end()
+    _end_span(span)
+
+
+_span_failures: set[str] = set()
+
+
+def _log_span_failure(stage: str) -> None:
+    # Telemetry must never break the user's call, and a broken span processor would
+    # fail on every call, so each stage is logged once with its traceback.
+    if stage not in _span_failures:
+        _span_failures.add(stage)
+        logger.exception("telemetry.span_%s_failed; the call goes on without it", stage)
+
+
+def _start_span(instruments: _telemetry.Instruments, operation: _Operation) -> Span:
+    try:
+        return instruments.tracer.start_span(
+            operation.name, kind=SpanKind.INTERNAL, attributes=operation.span_attributes
+        )
+    except Exception:
+        _log_span_failure("start")
+        return trace.INVALID_SPAN
+
+
+def _end_span(span: Span) -> None:
+    try:
+        span.end()
+    except Exception:
+        _log_span_failure("end")
 
 
 # --------------------------------------------------------------------------- public API

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,8 +67,10 @@ def remove_gauge_source(gauge: str, source: GaugeSource) -> None:
         sources.remove(source)
 
 
-def _observe(gauge: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+def _observe(gauge: str, owner: Instruments) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
+        if _instruments is not owner:
+            return []
         observations: list[Observation] = []
         for source in list(_gauge_sources[gauge]):
             try:
@@ -95,7 +98,10 @@ class InProcessCounter:
     counter, it attaches no exemplars.
     """
 
-    def __init__(self, meter: Meter, name: str, unit: str, description: str) -> None:
+    def __init__(
+        self, meter: Meter, name: str, unit: str, description: str, owner: Instruments
+    ) -> None:
+        self._owner = owner
         self._lock = threading.Lock()
         self._counts: dict[tuple[tuple[str, str], ...], int] = {}
         meter.create_observable_counter(
@@ -110,13 +116,20 @@ class InProcessCounter:
             self._counts[key] = self._counts.get(key, 0) + amount
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        if _instruments is not self._owner:
+            return []
         with self._lock:
             counts = list(self._counts.items())
         return [Observation(total, dict(key)) for key, total in counts]
 
 
 class Instruments:
-    """Every instrument of the package, created from one meter and one tracer."""
+    """Every instrument of the package, created from one meter and one tracer.
+
+    Only the active set reports observable values. Instruments made before
+    ``setup_telemetry()`` come from the API's proxy meter, which forwards to the SDK
+    provider once one is set, so without that check every series would appear twice.
+    """
 
     def __init__(self, meter: Meter, tracer: Tracer) -> None:
         self.tracer = tracer
@@ -127,6 +140,7 @@ class Instruments:
             "autobot.timeout",
             unit="{timeout}",
             description="Deadlines that fired, by operation and by whose deadline it was",
+            owner=self,
         )
         self.duration = meter.create_histogram(
             "autobot.operation.duration",
@@ -140,6 +154,7 @@ class Instruments:
             "autobot.redis.requests",
             unit="{request}",
             description="Redis operations by database, operation and outcome",
+            owner=self,
         )
         self.breaker_events = meter.create_counter(
             "autobot.circuit_breaker.events",
@@ -156,30 +171,30 @@ class Instruments:
             self.config_reloads.add(0, {"status": status})
         meter.create_observable_gauge(
             "autobot.circuit_breaker.state",
-            callbacks=[_observe("breaker_state")],
+            callbacks=[_observe("breaker_state", self)],
             unit="{state}",
             description="Circuit breaker state: closed 0, open 1, half_open 2",
         )
         meter.create_observable_gauge(
             "autobot.redis.pool.connections",
-            callbacks=[_observe("pool_connections")],
+            callbacks=[_observe("pool_connections", self)],
             unit="{connection}",
             description="Redis pool connections by state (in_use, idle)",
         )
         meter.create_observable_gauge(
             "autobot.redis.pool.saturation_ratio",
-            callbacks=[_observe("pool_saturation")],
+            callbacks=[_observe("pool_saturation", self)],
             unit="1",
             description="Redis pool connections in use divided by max_connections",
         )
         meter.create_observable_gauge(
             "autobot.config.info",
-            callbacks=[_observe("config_info")],
+            callbacks=[_observe("config_info", self)],
             description="1 for the active configuration, labelled by environment and hash",
         )
         meter.create_observable_gauge(
             "autobot.operation.timeout",
-            callbacks=[_observe("operation_timeout")],
+            callbacks=[_observe("operation_timeout", self)],
             unit="s",
             description="Configured timeout of each declared operation",
         )
@@ -227,26 +242,57 @@ class TelemetryHandle:
     resource: Any
     _shut_down: bool = field(default=False, repr=False)
 
-    def shutdown(self, timeout_seconds: float = 5.0) -> None:
-        """Flush pending telemetry and stop the providers, waiting at most ``timeout_seconds``."""
+    def shutdown(self, timeout_seconds: float = 5.0) -> bool:
+        """Flush pending telemetry and stop the providers within ``timeout_seconds``.
+
+        Returns False when the flush did not finish in time, for example because the
+        Collector is unreachable. The SDK's span flush does not honour its own timeout
+        (opentelemetry-sdk 1.45), so the work runs in daemon threads that this call
+        waits for at most ``timeout_seconds``; what is still unsent then is dropped.
+        """
         global _handle
         if self._shut_down:
-            return
+            return True
         self._shut_down = True
-        millis = int(timeout_seconds * 1000)
-        try:
-            self.tracer_provider.force_flush(millis)
-            self.tracer_provider.shutdown()
-        except Exception:
-            logger.exception("telemetry.tracer_shutdown_failed")
-        try:
-            self.meter_provider.shutdown(timeout_millis=millis)
-        except Exception:
-            logger.exception("telemetry.meter_shutdown_failed")
         with _state_lock:
             if _handle is self:
                 _handle = None
                 _install(None)
+
+        millis = int(timeout_seconds * 1000)
+
+        def stop_tracing() -> None:
+            try:
+                # Shutting down flushes the batch processor, and stops the exporter's
+                # retries once the exporter itself is shut down.
+                self.tracer_provider.shutdown()
+            except Exception:
+                logger.exception("telemetry.tracer_shutdown_failed")
+
+        def stop_metrics() -> None:
+            try:
+                self.meter_provider.shutdown(timeout_millis=millis)
+            except Exception:
+                logger.exception("telemetry.meter_shutdown_failed")
+
+        # Traces and metrics stop side by side, each with the whole budget, so a slow
+        # trace flush cannot leave the metric reader's thread running forever.
+        workers = [
+            threading.Thread(target=stop, name=f"autobot-otel-{stop.__name__}", daemon=True)
+            for stop in (stop_tracing, stop_metrics)
+        ]
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + timeout_seconds
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.is_alive() for worker in workers):
+            logger.warning(
+                "telemetry.shutdown_timed_out: unsent telemetry was dropped after %.1f s",
+                timeout_seconds,
+            )
+            return False
+        return True
 
 
 def setup_telemetry(

@@ -214,12 +214,6 @@ async def test_dead_collector_keeps_latency_and_memory(
     assert sink.bodies("/v1/metrics") != []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TelemetryHandle.shutdown() calls BatchSpanProcessor.force_flush(), which ignores "
-    "its timeout in opentelemetry-sdk 1.45, then gives the meter provider the whole budget "
-    "again",
-)
 # A refused export fails at once and is retried after about a second, so the refusing
 # case queues two batches of spans. Against a silent Collector one batch blocks for 3 s.
 @pytest.mark.parametrize(("collector", "calls"), [("refusing", 600), ("silent", 100)])
@@ -367,12 +361,6 @@ class FailingProcessor(SpanProcessor):
             raise RuntimeError("span processor on_end failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_Call starts and ends spans without guarding them; the SDK's multi-processor "
-    "lets a processor's exception through, and when span.end() raises, _finish skips "
-    "resetting the deadline scope",
-)
 @pytest.mark.parametrize("hook", ["on_start", "on_end"])
 async def test_failing_span_processor_not_raised(
     hook: str, caplog: pytest.LogCaptureFixture, no_otlp_environment: None
@@ -411,11 +399,6 @@ class FailOnceProcessor(SpanProcessor):
             raise RuntimeError("span processor on_end failed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when span.end() raises in _Call._finish, the scope reset and the context detach "
-    "after it are skipped; later calls in the task join the dead scope and arm no timer",
-)
 async def test_timeouts_after_span_processor_error(no_otlp_environment: None) -> None:
     """After a span processor raised once, the next call in the task still times out."""
     handle = setup_telemetry(
