@@ -282,10 +282,10 @@ def _validate(raw: Mapping[str, object]) -> tuple[dict[str, object], list[tuple[
                 problems.append((name, value, reason))
         elif name in _EXCEPTION_FIELDS:
             classes, item_problems = _parse_exception_classes(value)
-            if item_problems:
-                problems.extend((name, bad, reason) for bad, reason in item_problems)
-            else:
-                parsed[name] = classes
+            problems.extend((name, bad, reason) for bad, reason in item_problems)
+            # The classes that did resolve still go through the cross-field checks, so
+            # every problem in one list is reported together.
+            parsed[name] = classes
     problems.extend(_cross_field_problems(parsed))
     return parsed, problems
 

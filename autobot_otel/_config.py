@@ -61,6 +61,16 @@ PACKAGED_DEFAULTS = Path(__file__).with_name("defaults.yaml")
 MAX_TIMEOUT_SECONDS = 86_400.0
 
 _SETTINGS_SUFFIXES = {".yaml", ".yml", ".toml", ".json"}
+# Operation names the package itself uses; settings must keep them resolvable.
+PACKAGE_OPERATIONS = (
+    "redis.get",
+    "redis.set",
+    "redis.hgetall",
+    "redis.pipeline",
+    "redis.scan_iter",
+)
+# Settings groups that belong inside an environment section, never at the top level.
+_SETTING_GROUPS = {"timeouts", "circuit_breaker"}
 # Top-level sections of a settings file that are not environments.
 _NON_ENVIRONMENT_SECTIONS = {"default", "global", "dynaconf_merge"}
 
@@ -130,6 +140,12 @@ def _read_sections(path: Path) -> dict[str, Any]:
             f"(default, development, production), not {type(data).__name__}"
         )
     for section, body in data.items():
+        if str(section).lower() in _SETTING_GROUPS:
+            raise ConfigurationError(
+                f"settings file {str(path)!r} has {section!r} at the top level, where it "
+                "would be taken for an environment; indent it under an environment "
+                "section, for example 'default:'"
+            )
         if body is not None and not isinstance(body, dict):
             raise ConfigurationError(
                 f"settings file {str(path)!r}: section {section!r} must be a mapping, "
@@ -140,7 +156,7 @@ def _read_sections(path: Path) -> dict[str, Any]:
 
 def _choose_environment(env: str | None, declared: set[str]) -> str:
     if env is not None:
-        origin = "env argument"
+        origin = "the --env option or env argument"
         name = env
     elif os.environ.get(ENVIRONMENT_VARIABLE):
         origin = f"environment variable {ENVIRONMENT_VARIABLE}"
@@ -198,6 +214,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _identical(left: Any, right: Any) -> bool:
+    """Compare values and their types: ``True == 1.0`` in Python, but not as a setting."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, dict):
+        return left.keys() == right.keys() and all(
+            _identical(left[key], right[key]) for key in left
+        )
+    if isinstance(left, list):
+        return len(left) == len(right) and all(map(_identical, left, right))
+    return bool(left == right)
+
+
 def _describe_source(entry: Mapping[str, Any], key: str) -> str:
     loader = entry.get("loader", "")
     identifier = str(entry.get("identifier", ""))
@@ -241,7 +270,7 @@ def _source_of(settings: Dynaconf, key: str) -> str:
     previous = _plain(history[0].get("value"))
     for entry in history[1:]:
         value = _plain(entry.get("value"))
-        if value != previous:
+        if not _identical(value, previous):
             chosen = entry
         previous = value
     return _describe_source(chosen, key)
@@ -357,7 +386,7 @@ class Config:
                 "use the full path",
             )
         close = difflib.get_close_matches(key, self.operation_names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
         raise UnknownOperationError(
             name,
             f"no timeout is configured for operation {name!r}{hint} Declare it under "
@@ -489,6 +518,26 @@ def load_config(
         breaker = {}
 
     problems.extend(_breaker_problems(breaker, settings))
+    short_names = _short_name_index(sorted(timeouts))
+    for name in PACKAGE_OPERATIONS:
+        if name not in timeouts and short_names.get(name) is None and name in short_names:
+            matches = sorted(
+                key
+                for key in timeouts
+                if key.split(".")[0] == name.split(".")[0]
+                and key.split(".")[-1] == name.split(".")[-1]
+            )
+            schema = _packaged_schema()
+            added = [key for key in matches if key not in schema] or matches
+            problems.append(
+                ConfigProblem(
+                    f"timeouts.{added[0]}",
+                    timeouts[added[0]],
+                    _source_of(settings, f"timeouts.{added[0]}"),
+                    f"makes the operation name {name!r}, which the Redis integration uses, "
+                    f"ambiguous ({', '.join(matches)}); rename or remove it",
+                )
+            )
     digest_input = json.dumps(
         {"environment": environment, "timeouts": timeouts, "circuit_breaker": breaker},
         sort_keys=True,
@@ -502,7 +551,7 @@ def load_config(
         problems=tuple(problems),
         config_hash=hashlib.sha256(digest_input.encode()).hexdigest()[:12],
         _settings=settings,
-        _short_names=_short_name_index(sorted(timeouts)),
+        _short_names=short_names,
     )
     if strict:
         config.raise_for_problems()

@@ -111,6 +111,21 @@ def config_show(env: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _redis_socket_notes(timeouts: Mapping[str, float]) -> list[str]:
+    """Explain Redis operation timeouts that the socket timeout cuts short."""
+    socket_timeout = timeouts.get("redis.connection.socket_timeout")
+    if socket_timeout is None:
+        return []
+    return [
+        f"timeouts.redis.operations.{key.rsplit('.', 1)[-1]} ({value:g} s) is longer than "
+        f"timeouts.redis.connection.socket_timeout ({socket_timeout:g} s): a stalled Redis "
+        f"fails the call after {socket_timeout:g} s with redis.exceptions.TimeoutError "
+        "(status error), before the operation's own timeout can fire"
+        for key, value in sorted(timeouts.items())
+        if key.startswith("redis.operations.") and value > socket_timeout
+    ]
+
+
 @config.command("validate")
 @click.option(
     "--env",
@@ -121,6 +136,8 @@ def config_show(env: str | None, as_json: bool) -> None:
 def config_validate(env: str | None) -> None:
     """Exit 0 when every setting is valid; otherwise list every problem and exit 1."""
     loaded = _load(env)
+    for note in _redis_socket_notes(loaded.timeouts):
+        click.echo(f"note: {note}")
     if not loaded.problems:
         click.echo(
             f"configuration for environment {loaded.environment!r} is valid "
@@ -191,7 +208,12 @@ def demo(
 ) -> None:
     """Run an instrumented FastAPI service and a load driver against Redis."""
     from .demo.redis_server import RedisServerError
-    from .demo.runner import DemoOptions, run_demo
+
+    try:
+        # Importing the demo resolves its decorated operations against the settings.
+        from .demo.runner import DemoOptions, run_demo
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     redis_url = redis_url or os.environ.get("REDIS_URL")
     if redis_url and fault != "none":

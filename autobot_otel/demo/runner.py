@@ -91,18 +91,10 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
 
 def _table(stats: _StatsProcessor, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in (
-        "operation",
-        "calls",
-        "rate/s",
-        "p50 ms",
-        "p99 ms",
-        "timeouts",
-        "errors",
-        "rejected",
-        "pool exhausted",
-    ):
-        table.add_column(column, justify="left" if column == "operation" else "right")
+    # The operation column never wraps, so the short headers keep 80 columns readable.
+    table.add_column("operation", no_wrap=True, min_width=15)
+    for column in ("calls", "rate/s*", "p50 ms", "p99 ms", "timeout", "error", "reject", "pool"):
+        table.add_column(column, justify="right")
     now = time.monotonic()
     for name, operation in sorted(stats.operations.items()):
         rate = sum(1 for moment in operation.recent if now - moment <= 5.0) / 5.0
@@ -120,7 +112,10 @@ def _table(stats: _StatsProcessor, title: str) -> Table:
     breakers = ", ".join(
         f"{name}={breaker.state.value}" for name, breaker in sorted(all_breakers().items())
     )
-    table.caption = f"circuit breakers: {breakers or 'none'}"
+    table.caption = (
+        f"circuit breakers: {breakers or 'none'}\n"
+        "* over the last 5 s; pool: calls failed because the connection pool was full"
+    )
     return table
 
 

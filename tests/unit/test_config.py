@@ -382,3 +382,62 @@ def test_config_info_and_timeout_gauges(telemetry: object) -> None:
     assert (
         'autobot_operation_timeout_seconds{database="redis",operation_type="redis.get"} 1.0' in text
     )
+
+
+@pytest.mark.parametrize("raw", ["true", "false"])
+def test_boolean_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    """A boolean is blamed on the variable that set it, though True == 1.0 in Python."""
+    monkeypatch.setenv("AUTOBOT_TIMEOUTS__REDIS__OPERATIONS__GET", raw)
+    with pytest.raises(ConfigurationError) as caught:
+        load_config()
+    (problem,) = caught.value.problems
+    assert problem.source == "AUTOBOT_TIMEOUTS__REDIS__OPERATIONS__GET"
+
+
+def test_top_level_setting_in_file_rejected(tmp_path: Path) -> None:
+    """A file with settings outside any environment section is an error, not ignored."""
+    path = settings_file(tmp_path, "timeouts:\n  redis:\n    operations:\n      get: 0.2\n")
+    with pytest.raises(ConfigurationError, match=r"'timeouts' at the top level.*'default:'"):
+        load_config(settings_files=[path])
+
+
+def test_package_operation_names_stay_resolvable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key that makes redis.get ambiguous is reported where it was added."""
+    monkeypatch.setenv("AUTOBOT_TIMEOUTS__REDIS__CONNECTION__GET", "3")
+    with pytest.raises(ConfigurationError) as caught:
+        load_config()
+    (problem,) = caught.value.problems
+    assert problem.key == "timeouts.redis.connection.get"
+    assert problem.source == "AUTOBOT_TIMEOUTS__REDIS__CONNECTION__GET"
+    assert "'redis.get'" in problem.reason
+
+
+def test_every_bad_exception_name_reported(tmp_path: Path) -> None:
+    """All bad entries of one exception list are reported together."""
+    path = settings_file(
+        tmp_path,
+        "default:\n  circuit_breaker:\n    default:\n"
+        "      ignore_exceptions: [TimeoutError, nosuch.module.Error, KeyError]\n",
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(settings_files=[path])
+    reasons = [problem.reason for problem in caught.value.problems if problem.key.startswith("circuit_breaker.default")]
+    assert len(reasons) == 2
+    assert any("cannot be ignored" in reason for reason in reasons)
+
+
+def test_validate_notes_socket_timeout() -> None:
+    """config validate notes Redis timeouts that the socket timeout cuts short."""
+    result = CliRunner().invoke(main, ["config", "validate"])
+    assert result.exit_code == 0
+    assert "note: timeouts.redis.operations.pipeline (5 s) is longer than" in result.output
+    assert "operations.get" not in result.output
+
+
+def test_demo_bad_settings_no_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo reports invalid settings in one message, without a traceback."""
+    monkeypatch.setenv("AUTOBOT_TIMEOUTS__REDIS__OPERATIONS__GET", "abc")
+    result = CliRunner().invoke(main, ["demo", "--duration", "1"])
+    assert result.exit_code == 1
+    assert "timeouts.redis.operations.get" in result.output
+    assert "Traceback" not in result.output
