@@ -339,7 +339,7 @@ class _Timer:
         if task is None:
             raise RuntimeError("Timeout should be used inside a task")
         self._task = task
-        # Requests already pending belong to whoever made them, not to this timer.
+        # Cancellation requests pending before the start are not this timer's to withdraw.
         self._cancelling = task.cancelling()
         # A fresh context per handle, because two threads cannot enter one Context at once.
         self._handle = loop.call_at(self.when, self._expire, context=contextvars.Context())
@@ -352,7 +352,7 @@ class _Timer:
         return self._expired
 
     def stop(self, exc_type: type[BaseException] | None) -> bool:
-        """Cancel the timer; return whether its cancellation ended the block."""
+        """Cancel the timer and return whether its cancellation ended the block."""
         self._handle.cancel()
         if not self._expired:
             return False
@@ -585,8 +585,8 @@ class _Call:
 def _annotate_span(
     span: Span, call: _Call, outcome: str, exc: BaseException | None, budget: bool
 ) -> None:
-    # One set_attributes() call: the SDK takes the span's lock once per call, not once
-    # per attribute.
+    # One set_attributes() call, so that the SDK takes the span's lock once, not once per
+    # attribute.
     attributes: dict[str, str | float] = {
         "autobot.outcome": outcome,
         "autobot.timeout_seconds": call.given,

@@ -92,10 +92,10 @@ class InProcessCounter:
 
     ``add()`` takes the same arguments as an SDK counter's, but it only updates a dict
     under a lock. The SDK's ``Counter.add()`` validates and hashes the attributes and
-    offers an exemplar on every call, at about the cost of a histogram ``record()``
-    (docs/performance.md has the measurements). Collection reports the totals, so a
-    scrape shows the same series, values and ``_total`` name. Unlike a synchronous
-    counter, it attaches no exemplars.
+    offers an exemplar on every call, the same measurement path that a histogram's
+    ``record()`` takes (docs/performance.md measures that path). Collection reports the
+    totals, so a scrape shows the same series, values and ``_total`` name. Unlike a
+    synchronous counter, it attaches no exemplars.
     """
 
     def __init__(
