@@ -14,7 +14,6 @@ budget ran out. ``remaining_time()`` tells code how much of the budget is left.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
 import logging
@@ -175,10 +174,13 @@ class _Operation:
         if db_system is not None:
             span["db.system.name"] = db_system
             span["db.operation.name"] = operation.upper()
+            # The Redis operation label follows the cardinality guard too: an undeclared
+            # name's last part must not become a label value of its own.
+            redis_operation = operation if self.label != OTHER_LABEL else OTHER_LABEL
             self.redis_attributes = {
                 outcome: {
                     "database": self.database_label,
-                    "operation": operation,
+                    "operation": redis_operation,
                     "status": outcome,
                 }
                 for outcome in OUTCOMES
@@ -318,53 +320,6 @@ def _error_type(exc: BaseException) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
-class _Timer:
-    """A deadline that cancels its task, with the semantics of ``asyncio.timeout_at()``.
-
-    It follows asyncio.Timeout as of CPython 3.11.7: when the deadline passes it cancels
-    the task, and ``stop()`` reports a timeout only if that cancellation ended the block
-    and no cancellation requested after entry is pending. It exists for speed. Per call,
-    asyncio.Timeout adds two coroutines and a timer handle that keeps a copy of the
-    context, span included, until the event loop drops the cancelled handle. This timer
-    is started and stopped with plain calls, and its handle runs in a new empty context.
-    """
-
-    __slots__ = ("_cancelling", "_expired", "_handle", "_task", "when")
-
-    def __init__(self, when: float) -> None:
-        self.when = when
-        self._expired = False
-
-    def start(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
-        if task is None:
-            raise RuntimeError("Timeout should be used inside a task")
-        self._task = task
-        # Cancellation requests pending before the start are not this timer's to withdraw.
-        self._cancelling = task.cancelling()
-        # A fresh context per handle, because two threads cannot enter one Context at once.
-        self._handle = loop.call_at(self.when, self._expire, context=contextvars.Context())
-
-    def _expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
-
-    def expired(self) -> bool:
-        return self._expired
-
-    def stop(self, exc_type: type[BaseException] | None) -> bool:
-        """Cancel the timer and return whether its cancellation ended the block."""
-        self._handle.cancel()
-        if not self._expired:
-            return False
-        # uncancel() must run whenever the timer fired, to withdraw its own request.
-        own_request_only = self._task.uncancel() <= self._cancelling
-        return (
-            own_request_only
-            and exc_type is not None
-            and issubclass(exc_type, asyncio.CancelledError)
-        )
-
-
 class _Call:
     """One execution of an operation: breaker permit, deadline, span and metrics."""
 
@@ -402,7 +357,7 @@ class _Call:
     def __init__(self, operation: _Operation) -> None:
         self.operation = operation
         self.permit: Any = None
-        self.timer: _Timer | None = None
+        self.timer: asyncio.Timeout | None = None
 
     async def __aenter__(self) -> _Call:
         operation = self.operation
@@ -432,13 +387,13 @@ class _Call:
                 self.timer_scope = parent.timer_scope
             else:
                 # A child task is not cancelled by its parent's timer; it needs its own.
-                self.timer = _Timer(parent.deadline)
+                self.timer = asyncio.timeout_at(parent.deadline)
                 self.timer_scope = self
         else:
             self.deadline = own_deadline
             self.origin = operation.name
             self.given = operation.timeout
-            self.timer = _Timer(own_deadline)
+            self.timer = asyncio.timeout_at(own_deadline)
             self.timer_scope = self
         self.task = task
         self.cancel_requests = task.cancelling() if task is not None else 0
@@ -451,7 +406,7 @@ class _Call:
         self.start = now
         if self.timer is not None:
             try:
-                self.timer.start(loop, task)
+                await self.timer.__aenter__()
             except BaseException as exc:
                 self._finish(instruments, ERROR, exc, loop.time() - now)
                 raise
@@ -467,10 +422,11 @@ class _Call:
         instruments = self.instruments
         timer = self.timer
         fired: TimeoutError | None = None
-        if timer is not None and timer.stop(exc_type):
-            # The same chain as asyncio.Timeout's "raise TimeoutError from exc_val".
-            fired = TimeoutError()
-            fired.__cause__ = exc
+        if timer is not None:
+            try:
+                await timer.__aexit__(exc_type, exc, traceback)
+            except TimeoutError as timeout_exc:
+                fired = timeout_exc
         duration = asyncio.get_running_loop().time() - self.start
 
         if fired is not None or (

@@ -525,3 +525,18 @@ async def test_swallowed_outside_cancel_is_delivered(telemetry: Telemetry) -> No
     (span,) = telemetry.spans("llm.fast")
     assert span.attributes is not None
     assert span.attributes["autobot.outcome"] == "cancelled"
+
+
+async def test_undeclared_redis_names_bounded(telemetry: Telemetry) -> None:
+    """Made-up redis.* names share one 'other' series instead of one each."""
+    for number in range(20):
+        async with timed(f"redis.made_up_{number}", default=1.0):
+            pass
+    operations = {
+        point.attributes["operation"]
+        for point in telemetry.points("autobot.redis.requests")
+        if point.attributes is not None
+    }
+    assert operations == {"other"}
+    types = {point.attributes["operation_type"] for point in telemetry.points("autobot.operation.duration")}
+    assert types == {"other"}
