@@ -324,10 +324,10 @@ class _Call:
     """One execution of an operation: breaker permit, deadline, span and metrics."""
 
     __slots__ = (
+        "allowed",
         "cancel_requests",
         "context",
         "deadline",
-        "given",
         "instruments",
         "operation",
         "origin",
@@ -343,7 +343,7 @@ class _Call:
 
     context: otel_context.Context
     deadline: float
-    given: float
+    allowed: float  # seconds this call may take: its own timeout or what is left of a budget
     instruments: _telemetry.Instruments
     origin: str
     scope_token: Token[_Call | None]
@@ -382,7 +382,7 @@ class _Call:
             # An enclosing deadline is shorter: this call only has what is left of it.
             self.deadline = parent.deadline
             self.origin = parent.origin
-            self.given = max(0.0, parent.deadline - now)
+            self.allowed = max(0.0, parent.deadline - now)
             if parent.task is task:
                 self.timer_scope = parent.timer_scope
             else:
@@ -392,7 +392,7 @@ class _Call:
         else:
             self.deadline = own_deadline
             self.origin = operation.name
-            self.given = operation.timeout
+            self.allowed = operation.timeout
             self.timer = asyncio.timeout_at(own_deadline)
             self.timer_scope = self
         self.task = task
@@ -433,7 +433,7 @@ class _Call:
             timer is not None and timer.expired() and exc_type is not asyncio.CancelledError
         ):
             # Our own timer fired. The function may also have swallowed the cancellation
-            # and returned, or turned it into another error; the caller still gets a
+            # and returned, or turned it into another error. The caller still gets a
             # timeout, because the deadline is the contract.
             if fired is None:
                 self._warn_once(
@@ -445,7 +445,7 @@ class _Call:
             own = self.origin == operation.name and not operation.is_budget
             status = TIMEOUT_OWN if own else TIMEOUT_BUDGET
             instruments.timeouts.add(1, operation.timeout_attributes[status])
-            error = OperationTimeoutError(operation.name, self.given, self.origin)
+            error = OperationTimeoutError(operation.name, self.allowed, self.origin)
             self._finish(instruments, TIMEOUT, error, duration)
             raise error from (fired or exc)
 
@@ -475,7 +475,7 @@ class _Call:
             )
             raise asyncio.CancelledError()
 
-        if timer is not None and duration > self.given + max(0.02, 0.1 * self.given):
+        if timer is not None and duration > self.allowed + max(0.02, 0.1 * self.allowed):
             # The timer could not interrupt the call: it blocked the event loop. A reply
             # that lands in the same loop iteration as the deadline finishes a little
             # late without any blocking, hence the margin.
@@ -485,7 +485,7 @@ class _Call:
                 "operation.overrun: the call took %.3f s, past its %.3f s timeout, without "
                 "being interrupted; it probably blocked the event loop",
                 duration,
-                self.given,
+                self.allowed,
             )
         self._finish(instruments, SUCCESS, None, duration)
         return None
@@ -531,7 +531,7 @@ class _Call:
         if outcome == SUCCESS:
             breaker.on_success(self.permit, duration)
         elif outcome in (CANCELLED, POOL_EXHAUSTED) or budget or exc is None:
-            # Cancellation, an enclosing budget running out and a full local pool say
+            # Cancellation, an enclosing budget running out and a full local pool tell
             # nothing about the health of the backend, so they neither trip nor heal it.
             breaker.release(self.permit)
         else:
@@ -545,7 +545,7 @@ def _annotate_span(
     # attribute.
     attributes: dict[str, str | float] = {
         "autobot.outcome": outcome,
-        "autobot.timeout_seconds": call.given,
+        "autobot.timeout_seconds": call.allowed,
     }
     if outcome == TIMEOUT:
         attributes["error.type"] = "timeout"
