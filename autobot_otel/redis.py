@@ -13,7 +13,6 @@ inside the operation's timeout.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -101,26 +100,16 @@ class RedisDatabase:
     async def _guard(self, awaitable: Any) -> Any:
         """Await one redis-py call, turning pool exhaustion into PoolExhaustedError.
 
-        It also raises CancelledError when a cancellation requested during the call
-        was lost. redis-py (checked with 8.2) sends each command under
-        ``asyncio.wait_for(send, socket_timeout)``, and on Python 3.11 ``wait_for``
-        returns the result instead of raising when the cancellation arrives just as the
-        send completes. Python 3.12 rebuilt ``wait_for`` on ``asyncio.timeout``, which
-        does not lose it. Raising here keeps a cancelled caller cancelled and turns a
-        timer that fired into a timeout. The command has completed by then and its
-        connection is back in the pool, so no reply is left unread on it.
+        A cancellation lost inside redis-py is delivered by the enclosing timed call:
+        redis-py (checked with 8.2) sends each command under ``asyncio.wait_for``, which
+        on Python 3.11 can return the result although the task was cancelled.
         """
-        task = asyncio.current_task()
-        requested = task.cancelling() if task is not None else 0
         try:
-            result = await awaitable
+            return await awaitable
         except redis_exceptions.ConnectionError as exc:
             if _is_pool_exhausted(exc):
                 raise PoolExhaustedError(self.name, self.max_connections) from exc
             raise
-        if task is not None and task.cancelling() > requested:
-            raise asyncio.CancelledError
-        return result
 
     async def get(self, key: str | bytes) -> Any:
         """Return the value at ``key``, or None."""
