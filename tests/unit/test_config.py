@@ -441,3 +441,13 @@ def test_demo_bad_settings_no_traceback(monkeypatch: pytest.MonkeyPatch) -> None
     assert result.exit_code == 1
     assert "timeouts.redis.operations.get" in result.output
     assert "Traceback" not in result.output
+
+
+def test_deployable_settings_copy_loads() -> None:
+    """config/settings.yaml loads as a settings file and matches the packaged values."""
+    path = Path(__file__).resolve().parents[2] / "config" / "settings.yaml"
+    for env in ("development", "production"):
+        layered = load_config(env, [path])
+        packaged = load_config(env)
+        assert layered.timeouts == packaged.timeouts
+        assert layered.circuit_breaker == packaged.circuit_breaker
