@@ -324,10 +324,13 @@ class _Call:
     """One execution of an operation: breaker permit, deadline, span and metrics."""
 
     __slots__ = (
+        "active",
         "allowed",
         "cancel_requests",
+        "closed",
         "context",
         "deadline",
+        "deadline_scope",
         "instruments",
         "operation",
         "origin",
@@ -352,15 +355,26 @@ class _Call:
     task: asyncio.Task[Any] | None
     cancel_requests: int
     timer_scope: _Call
+    deadline_scope: _Call  # the scope whose timeout set this call's deadline
     token: Token[otel_context.Context]
 
     def __init__(self, operation: _Operation) -> None:
         self.operation = operation
         self.permit: Any = None
         self.timer: asyncio.Timeout | None = None
+        self.active = False
+        self.closed = False
 
     async def __aenter__(self) -> _Call:
         operation = self.operation
+        if self.active or self.closed:
+            # All per-call state lives on this object, so entering it twice would
+            # overwrite the first entry's scope and leave the task without deadlines.
+            raise RuntimeError(
+                f"timed({operation.name!r}) was entered already; use a new timed(...) "
+                "for each 'async with'"
+            )
+        self.active = True
         # Looked up once per call, and kept for __aexit__, so that both halves of a call
         # report to the same providers even if setup_telemetry() runs in between.
         instruments = _telemetry._instruments or _telemetry.instruments()
@@ -378,10 +392,15 @@ class _Call:
         now = loop.time()
         own_deadline = now + operation.timeout
         parent = _current_scope.get()
+        # A task started inside a scope keeps a reference to it after the scope ends; an
+        # ended scope bounds nothing.
+        if parent is not None and parent.closed:
+            parent = None
         if parent is not None and parent.deadline <= own_deadline:
             # An enclosing deadline is shorter: this call only has what is left of it.
             self.deadline = parent.deadline
             self.origin = parent.origin
+            self.deadline_scope = parent.deadline_scope
             self.allowed = max(0.0, parent.deadline - now)
             if parent.task is task:
                 self.timer_scope = parent.timer_scope
@@ -392,6 +411,7 @@ class _Call:
         else:
             self.deadline = own_deadline
             self.origin = operation.name
+            self.deadline_scope = self
             self.allowed = operation.timeout
             self.timer = asyncio.timeout_at(own_deadline)
             self.timer_scope = self
@@ -444,7 +464,8 @@ class _Call:
                 )
             own = self.origin == operation.name and not operation.is_budget
             status = TIMEOUT_OWN if own else TIMEOUT_BUDGET
-            instruments.timeouts.add(1, operation.timeout_attributes[status])
+            if self._counts_its_deadline():
+                instruments.timeouts.add(1, operation.timeout_attributes[status])
             error = OperationTimeoutError(operation.name, self.allowed, self.origin)
             self._finish(instruments, TIMEOUT, error, duration)
             raise error from (fired or exc)
@@ -490,6 +511,18 @@ class _Call:
         self._finish(instruments, SUCCESS, None, duration)
         return None
 
+    def _counts_its_deadline(self) -> bool:
+        """Return whether this call counts the deadline that just fired on its timer.
+
+        A deadline is counted once, by the scope that set it. A child task's timer at an
+        inherited deadline fires at the same moment as the owner's timer, so the child
+        counts only when the owner ended before its deadline and nobody else will.
+        """
+        owner = self.deadline_scope
+        if owner is self:
+            return True
+        return owner.timer is None or not owner.timer.expired()
+
     def _warn_once(self, kind: str, message: str, *args: object) -> None:
         operation = self.operation
         if kind in operation.warned:
@@ -518,9 +551,13 @@ class _Call:
             if span.is_recording():
                 _annotate_span(span, self, outcome, exc, budget)
         finally:
+            self.closed = True
+            self.active = False
             _end_span(span)
-            _current_scope.reset(self.scope_token)
-            otel_context.detach(self.token)
+            try:
+                _current_scope.reset(self.scope_token)
+            finally:
+                otel_context.detach(self.token)
 
     def _settle_breaker(
         self, outcome: str, exc: BaseException | None, duration: float, budget: bool
@@ -530,7 +567,14 @@ class _Call:
             return
         if outcome == SUCCESS:
             breaker.on_success(self.permit, duration)
-        elif outcome in (CANCELLED, POOL_EXHAUSTED) or budget or exc is None:
+        elif (
+            outcome in (CANCELLED, POOL_EXHAUSTED)
+            or budget
+            or exc is None
+            or isinstance(exc, CircuitOpenError)
+        ):
+            # A CircuitOpenError here comes from a breaker of a nested call; counting it
+            # would let one breaker's rejections trip another, or keep it open forever.
             # Cancellation, an enclosing budget running out and a full local pool tell
             # nothing about the health of the backend, so they neither trip nor heal it.
             breaker.release(self.permit)

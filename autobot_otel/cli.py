@@ -211,7 +211,7 @@ def demo(
 
     try:
         # Importing the demo resolves its decorated operations against the settings.
-        from .demo.runner import DemoOptions, run_demo
+        from .demo.runner import DemoError, DemoOptions, run_demo
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -231,7 +231,7 @@ def demo(
     )
     try:
         run_demo(options)
-    except (RedisServerError, ConfigurationError) as exc:
+    except (RedisServerError, ConfigurationError, DemoError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -119,6 +119,22 @@ def monitoring_app(token: str | None = None) -> FastAPI:
     return app
 
 
+async def serve_without_exit(server: Any) -> None:
+    """Run a uvicorn server, turning its exit on a failed bind into RuntimeError.
+
+    uvicorn calls ``sys.exit()`` when it cannot bind, and asyncio lets a SystemExit
+    raised in a task escape the event loop, which would end the whole application.
+    """
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        config = server.config
+        raise RuntimeError(
+            f"could not listen on {config.host}:{config.port}: the address is in use or "
+            "not permitted; choose another port"
+        ) from exc
+
+
 class MonitoringServer:
     """The ``/monitoring`` routes served by uvicorn on their own address, in this loop."""
 
@@ -146,10 +162,11 @@ class MonitoringServer:
 
     async def start(self) -> MonitoringServer:
         """Start serving and wait until the port accepts connections."""
-        self._task = asyncio.create_task(self._server.serve())
+        self._task = asyncio.create_task(serve_without_exit(self._server))
         while not self._server.started:
             if self._task.done():
-                await self._task
+                task, self._task = self._task, None
+                await task
                 raise RuntimeError(f"monitoring server could not listen on {self.host}:{self.port}")
             await asyncio.sleep(0.01)
         logger.info("monitoring.started", extra={"autobot.url": self.url})

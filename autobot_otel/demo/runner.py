@@ -29,14 +29,19 @@ from rich.table import Table
 from .._breaker_registry import all_breakers
 from .._config import SETTINGS_FILES_VARIABLE, configure
 from .._telemetry import setup_telemetry
+from ..fastapi import serve_without_exit
 from ..redis import AsyncRedisManager
 from .app import create_app
 from .redis_server import RedisServer, free_port
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["DemoError", "DemoOptions", "run_demo"]
 
 FAULTS = ("none", "stall", "outage")
 DEMO_SETTINGS = Path(__file__).with_name("settings.yaml")
+
+
+class DemoError(RuntimeError):
+    """Raised when the demo cannot start."""
 
 
 @dataclass
@@ -183,11 +188,16 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
-    serving = asyncio.create_task(web.serve())
+    serving = asyncio.create_task(serve_without_exit(web))
     while not web.started:
         if serving.done():
-            await serving
-            raise RuntimeError(f"the demo service could not start on {options.host}:{port}")
+            await manager.close()
+            handle.shutdown()
+            try:
+                await serving
+            except RuntimeError as exc:
+                raise DemoError(f"the demo service {exc}") from exc
+            raise DemoError(f"the demo service could not start on {options.host}:{port}")
         await asyncio.sleep(0.05)
     base_url = f"http://{options.host}:{port}"
     console.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from autobot_otel import timed_operation
@@ -135,3 +136,17 @@ async def test_monitoring_server_on_own_port(telemetry: Telemetry) -> None:
     assert denied.status_code == 401
     assert allowed.status_code == 200
     assert "autobot_config_info" in allowed.text
+
+
+async def test_monitoring_server_busy_port(telemetry: Telemetry) -> None:
+    """A busy port raises RuntimeError instead of exiting the application."""
+    import socket
+
+    from autobot_otel.fastapi import start_monitoring_server
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(RuntimeError, match="could not listen"):
+            await start_monitoring_server("127.0.0.1", port)

@@ -456,7 +456,7 @@ async def test_deadline_budget_counted_once(tmp_path: Path, telemetry: Telemetry
 
 
 async def test_child_task_inherits_budget(telemetry: Telemetry) -> None:
-    """A task started inside an operation gets its own timer at the inherited deadline."""
+    """A task started inside an operation keeps its deadline; it is counted once."""
     from autobot_otel import _operation
 
     @timed_operation("llm.fast")
@@ -465,19 +465,102 @@ async def test_child_task_inherits_budget(telemetry: Telemetry) -> None:
 
     @timed_operation("llm.reasoning")
     async def parent() -> asyncio.Task[None]:
-        return asyncio.create_task(child())
+        task = asyncio.create_task(child())
+        await asyncio.sleep(0.01)  # The child enters while the parent still runs.
+        return task
 
     _operation.get_operation("llm.reasoning").timeout = 0.05
     task = await parent()
     with pytest.raises(OperationTimeoutError) as caught:
         await asyncio.wait_for(task, timeout=2)
     assert caught.value.budget_owner == "llm.reasoning"
+    # The parent ended before its deadline, so only the child can count it.
     assert (
         telemetry.value(
             "autobot.timeout", operation_type="llm.fast", database="llm", status="budget_exhausted"
         )
         == 1
     )
+    assert len(telemetry.counted("autobot.timeout")) == 1
+
+
+async def test_shared_deadline_counted_once(telemetry: Telemetry) -> None:
+    """When parent and child time out together, only the parent counts the deadline."""
+    from autobot_otel import _operation
+
+    @timed_operation("llm.fast")
+    async def child() -> None:
+        await asyncio.sleep(10)
+
+    @timed_operation("llm.reasoning")
+    async def parent() -> None:
+        await asyncio.shield(asyncio.create_task(child()))
+
+    _operation.get_operation("llm.reasoning").timeout = 0.05
+    with pytest.raises(OperationTimeoutError):
+        await parent()
+    await asyncio.sleep(0.05)
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="llm.reasoning", database="llm", status="timeout"
+        )
+        == 1
+    )
+    assert len(telemetry.counted("autobot.timeout")) == 1
+
+
+async def test_task_started_after_scope_ended_is_free(telemetry: Telemetry) -> None:
+    """A task that first runs after its creator's scope ended is not bound by it."""
+    seen: list[float | None] = []
+
+    @timed_operation("llm.fast")
+    async def child() -> None:
+        seen.append(remaining_time())
+
+    async with deadline_budget("llm.default", seconds=None):
+        task = asyncio.create_task(child())
+    await task
+    assert seen[0] is not None
+    assert seen[0] > 29.0  # llm.fast's own 30 s, not what was left of the budget
+
+
+async def test_timed_object_entered_twice_rejected(telemetry: Telemetry) -> None:
+    """Entering one timed() twice raises and leaves later deadlines intact."""
+    from autobot_otel import _operation
+
+    block = timed("llm.fast")
+    with pytest.raises(RuntimeError, match="entered already"):
+        async with block:
+            async with block:
+                pass
+    assert remaining_time() is None
+
+    @timed_operation("llm.default")
+    async def slow() -> None:
+        await asyncio.sleep(1)
+
+    _operation.get_operation("llm.default").timeout = 0.05
+    with pytest.raises(OperationTimeoutError):
+        await slow()
+
+
+async def test_nested_breaker_rejection_not_counted(telemetry: Telemetry) -> None:
+    """A nested call's CircuitOpenError does not count against the outer breaker."""
+    inner_breaker = CircuitBreaker("inner", BreakerSettings(consecutive_failures=1))
+    outer_breaker = CircuitBreaker("outer", BreakerSettings(consecutive_failures=1))
+
+    @timed_operation("llm.fast", breaker=inner_breaker)
+    async def inner() -> None:
+        return None
+
+    @timed_operation("llm.default", breaker=outer_breaker)
+    async def outer() -> None:
+        await inner()
+
+    inner_breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        await outer()
+    assert outer_breaker.state.value == "closed"
 
 
 async def test_cancel_right_after_deadline_is_cancellation(telemetry: Telemetry) -> None:
@@ -538,5 +621,8 @@ async def test_undeclared_redis_names_bounded(telemetry: Telemetry) -> None:
         if point.attributes is not None
     }
     assert operations == {"other"}
-    types = {point.attributes["operation_type"] for point in telemetry.points("autobot.operation.duration")}
+    types = {
+        point.attributes["operation_type"]
+        for point in telemetry.points("autobot.operation.duration")
+    }
     assert types == {"other"}
