@@ -677,35 +677,64 @@ def _commit_reload(prepared: Config | ConfigurationError) -> bool:
 class ConfigWatcher:
     """Reloads the configuration on SIGHUP and, optionally, when a settings file changes.
 
-    Create it with ``watch_config()`` from inside the running event loop. Loading happens
-    in a worker thread; the new settings are applied on the event loop's thread, where
-    the decorated code and the circuit breakers run.
+    Create it with ``watch_config()`` from inside the running event loop; only one can be
+    active per process. Loading happens in a worker thread, and the new settings are
+    applied on the event loop's thread, where the decorated code and the circuit
+    breakers run. A reload requested while one runs is not lost: one more reload follows.
     """
 
     def __init__(self, sighup: bool, poll_interval: float | None) -> None:
         import asyncio
         import signal
 
+        global _active_watcher
+        if poll_interval is not None and not (
+            isinstance(poll_interval, int | float)
+            and not isinstance(poll_interval, bool)
+            and poll_interval > 0
+        ):
+            raise ValueError(
+                f"poll_interval must be a number of seconds > 0, not {poll_interval!r}"
+            )
+        if _active_watcher is not None:
+            raise RuntimeError(
+                "a ConfigWatcher is already active in this process; call stop() on it "
+                "before watch_config() starts another"
+            )
         self._loop = asyncio.get_running_loop()
         self._sighup = sighup and hasattr(signal, "SIGHUP")
         self._poll_task: asyncio.Task[None] | None = None
-        self._reloading: asyncio.Task[bool] | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        self._pending = False
         if self._sighup:
+            previous = signal.getsignal(signal.SIGHUP)
+            if previous not in (signal.SIG_DFL, signal.SIG_IGN, None):
+                logger.warning(
+                    "config.sighup_handler_replaced: watch_config() replaces the process's "
+                    "SIGHUP handler %r until stop()",
+                    previous,
+                )
             self._loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         if poll_interval is not None:
-            if not (isinstance(poll_interval, int | float) and poll_interval > 0):
-                raise ValueError(
-                    f"poll_interval must be a number of seconds > 0, not {poll_interval!r}"
-                )
             # Fingerprint the files now, so a change made before the poller first runs
             # is still seen as a change.
             seen = _file_fingerprints(get_config().settings_files)
             self._poll_task = self._loop.create_task(self._poll(float(poll_interval), seen))
+        _active_watcher = self
 
     def request_reload(self) -> None:
-        """Start a reload unless one is already running."""
-        if self._reloading is None or self._reloading.done():
-            self._reloading = self._loop.create_task(self.reload())
+        """Start a reload, or queue one more if a reload is running already."""
+        if self._reloading is not None and not self._reloading.done():
+            # The running reload may have read the files before this request's change.
+            self._pending = True
+            return
+        self._reloading = self._loop.create_task(self._reload_until_current())
+
+    async def _reload_until_current(self) -> None:
+        await self.reload()
+        while self._pending:
+            self._pending = False
+            await self.reload()
 
     async def reload(self) -> bool:
         """Reload now; return whether the new settings were applied."""
@@ -722,18 +751,24 @@ class ConfigWatcher:
             current = _file_fingerprints(get_config().settings_files)
             if current != seen:
                 seen = current
-                await self.reload()
+                self.request_reload()
 
     def stop(self) -> None:
         """Stop watching: remove the SIGHUP handler and the file poller."""
         import signal
 
+        global _active_watcher
         if self._sighup:
             self._loop.remove_signal_handler(signal.SIGHUP)
             self._sighup = False
         if self._poll_task is not None:
             self._poll_task.cancel()
             self._poll_task = None
+        if _active_watcher is self:
+            _active_watcher = None
+
+
+_active_watcher: ConfigWatcher | None = None
 
 
 def _file_fingerprints(paths: Sequence[Path]) -> list[str | None]:

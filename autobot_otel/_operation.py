@@ -657,6 +657,16 @@ def _check_coroutine_function(name: str, func: Callable[..., Any]) -> None:
     if inspect.iscoroutinefunction(func):
         return
     label = getattr(func, "__qualname__", repr(func))
+    if isinstance(func, classmethod | staticmethod):
+        raise TypeError(
+            f"timed_operation({name!r}) must be placed below @classmethod or @staticmethod, "
+            "so that it decorates the async function itself"
+        )
+    if callable(func) and inspect.iscoroutinefunction(type(func).__call__):
+        raise TypeError(
+            f"timed_operation({name!r}) cannot decorate the callable object {label}; "
+            "decorate its 'async def __call__' method instead"
+        )
     if inspect.isasyncgenfunction(func):
         raise TypeError(
             f"timed_operation({name!r}) cannot decorate async generator {label}; "

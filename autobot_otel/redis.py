@@ -13,6 +13,7 @@ inside the operation's timeout.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -93,6 +94,7 @@ class RedisDatabase:
         self.client = client
         self.max_connections = max_connections
         self.breaker = breaker
+        self.closed = False
         self.operations: dict[str, _Operation] = {
             op: get_operation(f"redis.{op}", database=name, breaker=breaker) for op in _OPERATIONS
         }
@@ -104,6 +106,13 @@ class RedisDatabase:
         redis-py (checked with 8.2) sends each command under ``asyncio.wait_for``, which
         on Python 3.11 can return the result although the task was cancelled.
         """
+        if self.closed:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise RuntimeError(
+                f"Redis database {self.name!r} belongs to a closed AsyncRedisManager; "
+                "create a new manager"
+            )
         try:
             return await awaitable
         except redis_exceptions.ConnectionError as exc:
@@ -244,6 +253,8 @@ class AsyncRedisManager:
         for gauge, source in self._gauges:
             _telemetry.remove_gauge_source(gauge, source)
         for database in self._databases.values():
+            # Marked first: a call after close() would open a connection nobody closes.
+            database.closed = True
             await database.client.aclose()
             await database.client.connection_pool.disconnect()
 

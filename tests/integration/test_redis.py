@@ -134,9 +134,12 @@ async def test_operations_return_server_values(
     for status in ("error", "timeout", "cancelled", "rejected", "pool_exhausted"):
         for operation in OPERATIONS:
             assert requests(telemetry, operation, status) == 0
-    assert telemetry.value(
-        "autobot.redis.requests", database="cache", operation="get", status="success"
-    ) == 1
+    assert (
+        telemetry.value(
+            "autobot.redis.requests", database="cache", operation="get", status="success"
+        )
+        == 1
+    )
 
 
 async def test_scrape_uses_contract_names(redis_server: RedisServer, telemetry: Telemetry) -> None:
@@ -152,9 +155,15 @@ async def test_scrape_uses_contract_names(redis_server: RedisServer, telemetry: 
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    request = ("autobot_redis_requests_total", (("database", "main"), ("operation", "get"), ("status", "success")))
+    request = (
+        "autobot_redis_requests_total",
+        (("database", "main"), ("operation", "get"), ("status", "success")),
+    )
     assert samples[request] == 1.0
-    count = ("autobot_operation_duration_seconds_count", (("database", "main"), ("operation_type", "redis.get")))
+    count = (
+        "autobot_operation_duration_seconds_count",
+        (("database", "main"), ("operation_type", "redis.get")),
+    )
     assert samples[count] == 1.0
     buckets = [
         dict(labels)["le"]
@@ -163,10 +172,19 @@ async def test_scrape_uses_contract_names(redis_server: RedisServer, telemetry: 
         and dict(labels)["operation_type"] == "redis.get"
     ]
     assert sorted(buckets, key=float) == list(DURATION_BUCKETS)
-    assert samples[("autobot_redis_pool_connections", (("database", "main"), ("state", "idle")))] == 1.0
-    assert samples[("autobot_redis_pool_connections", (("database", "main"), ("state", "in_use")))] == 0.0
+    assert (
+        samples[("autobot_redis_pool_connections", (("database", "main"), ("state", "idle")))]
+        == 1.0
+    )
+    assert (
+        samples[("autobot_redis_pool_connections", (("database", "main"), ("state", "in_use")))]
+        == 0.0
+    )
     assert samples[("autobot_redis_pool_saturation_ratio", (("database", "main"),))] == 0.0
-    timeout = ("autobot_operation_timeout_seconds", (("database", "main"), ("operation_type", "redis.get")))
+    timeout = (
+        "autobot_operation_timeout_seconds",
+        (("database", "main"), ("operation_type", "redis.get")),
+    )
     assert samples[timeout] == 1.0
 
 
@@ -195,9 +213,12 @@ async def test_stalled_get_times_out(
     assert requests(telemetry, "get", "timeout") == 1
     assert requests(telemetry, "get", "success") == 0
     assert calls(telemetry, "get") == 1
-    assert telemetry.value(
-        "autobot.timeout", operation_type="redis.get", database="main", status="timeout"
-    ) == 1
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="redis.get", database="main", status="timeout"
+        )
+        == 1
+    )
     (span,) = telemetry.spans("redis.get")
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None
@@ -364,14 +385,12 @@ async def test_exhausted_pool_raises_pool_exhausted(
         stalled = [asyncio.create_task(main.get(key)) for key in ("a", "b")]
         await asyncio.sleep(0.1)
         assert saturation(telemetry) == 1.0
-        assert telemetry.value(
-            "autobot.redis.pool.connections", database="main", state="in_use"
-        ) == 2
+        assert (
+            telemetry.value("autobot.redis.pool.connections", database="main", state="in_use") == 2
+        )
 
         started = time.monotonic()
-        exhausted = await asyncio.gather(
-            *(main.get("a") for _ in range(8)), return_exceptions=True
-        )
+        exhausted = await asyncio.gather(*(main.get("a") for _ in range(8)), return_exceptions=True)
         elapsed = time.monotonic() - started
         assert [type(result) for result in exhausted] == [PoolExhaustedError] * 8
         assert isinstance(exhausted[0], ConnectionError)
@@ -382,9 +401,9 @@ async def test_exhausted_pool_raises_pool_exhausted(
         assert await asyncio.gather(*stalled) == [b"1", b"2"]
         await wait_until(end)
         assert saturation(telemetry) == 0.0
-        assert telemetry.value(
-            "autobot.redis.pool.connections", database="main", state="in_use"
-        ) == 0
+        assert (
+            telemetry.value("autobot.redis.pool.connections", database="main", state="in_use") == 0
+        )
         assert main.breaker is not None
         assert main.breaker.state is BreakerState.CLOSED
 
@@ -418,9 +437,12 @@ async def test_blocking_pool_wait_counts_in_timeout(
     assert 0.19 <= elapsed < 0.5
     assert requests(telemetry, "get", "timeout") == 6
     assert requests(telemetry, "get", "pool_exhausted") == 0
-    assert telemetry.value(
-        "autobot.timeout", operation_type="redis.get", database="main", status="timeout"
-    ) == 6
+    assert (
+        telemetry.value(
+            "autobot.timeout", operation_type="redis.get", database="main", status="timeout"
+        )
+        == 6
+    )
 
 
 # --------------------------------------------------------------------------- secrets
@@ -437,12 +459,18 @@ def password_server(tmp_path: Path) -> Iterator[int]:
     process = subprocess.Popen(
         [
             binary,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--requirepass", PASSWORD,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(tmp_path),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -493,9 +521,7 @@ async def run_every_operation(main: RedisDatabase) -> None:
     assert len(keys) == 3
 
 
-async def test_spans_contain_no_secrets(
-    password_server: int, telemetry: Telemetry
-) -> None:
+async def test_spans_contain_no_secrets(password_server: int, telemetry: Telemetry) -> None:
     """No span attribute or event contains a key, a value or the URL's password."""
     url = f"redis://:{PASSWORD}@127.0.0.1:{password_server}/0"
     async with AsyncRedisManager(url, {"main": 0}) as manager:
@@ -518,3 +544,16 @@ async def test_spans_contain_no_secrets(
     for secret in ("secret-key-123", "secret-value-456", PASSWORD):
         leaks = [text for text in texts if secret in text]
         assert leaks == [], f"{secret!r} appears in span data: {leaks}"
+
+
+async def test_closed_manager_rejects_calls(
+    redis_server: RedisServer, telemetry: Telemetry
+) -> None:
+    """A database of a closed manager raises instead of opening a new connection."""
+    manager = AsyncRedisManager(redis_server.url, {"main": 0})
+    main = manager.database("main")
+    await main.set("k", "v")
+    await manager.close()
+    with pytest.raises(RuntimeError, match="closed AsyncRedisManager"):
+        await main.get("k")
+    assert main.pool_usage() == (0, 0)

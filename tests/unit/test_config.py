@@ -421,7 +421,11 @@ def test_every_bad_exception_name_reported(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigurationError) as caught:
         load_config(settings_files=[path])
-    reasons = [problem.reason for problem in caught.value.problems if problem.key.startswith("circuit_breaker.default")]
+    reasons = [
+        problem.reason
+        for problem in caught.value.problems
+        if problem.key.startswith("circuit_breaker.default")
+    ]
     assert len(reasons) == 2
     assert any("cannot be ignored" in reason for reason in reasons)
 
@@ -451,3 +455,50 @@ def test_deployable_settings_copy_loads() -> None:
         packaged = load_config(env)
         assert layered.timeouts == packaged.timeouts
         assert layered.circuit_breaker == packaged.circuit_breaker
+
+
+async def test_second_watcher_rejected() -> None:
+    """Only one watcher can own SIGHUP; a second is rejected until the first stops."""
+    from autobot_otel import watch_config
+
+    first = watch_config()
+    try:
+        with pytest.raises(RuntimeError, match="already active"):
+            watch_config()
+    finally:
+        first.stop()
+    watch_config(sighup=False).stop()
+
+
+async def test_reload_requested_during_reload_runs(tmp_path: Path) -> None:
+    """A reload requested while one runs is followed by one more, so no edit is lost."""
+    import asyncio
+
+    from autobot_otel import _config, watch_config
+
+    path = settings_file(tmp_path, "default:\n  timeouts:\n    llm:\n      fast: 2\n")
+    configure(settings_files=[path])
+    original = _config._prepare_reload
+
+    def slow_prepare() -> object:
+        result = original()
+        # The second edit lands after this reload has read the files.
+        path.write_text("default:\n  timeouts:\n    llm:\n      fast: 6\n")
+        return result
+
+    watcher = watch_config(sighup=False)
+    try:
+        _config._prepare_reload = slow_prepare  # type: ignore[assignment]
+        path.write_text("default:\n  timeouts:\n    llm:\n      fast: 4\n")
+        watcher.request_reload()
+        await asyncio.sleep(0)
+        _config._prepare_reload = original
+        watcher.request_reload()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if get_config().timeouts["llm.fast"] == 6.0:
+                break
+        assert get_config().timeouts["llm.fast"] == 6.0
+    finally:
+        _config._prepare_reload = original
+        watcher.stop()

@@ -626,3 +626,25 @@ async def test_undeclared_redis_names_bounded(telemetry: Telemetry) -> None:
         for point in telemetry.points("autobot.operation.duration")
     }
     assert types == {"other"}
+
+
+def test_classmethod_order_explained() -> None:
+    """@timed_operation above @classmethod says to move it below."""
+    with pytest.raises(TypeError, match="below @classmethod"):
+
+        class Client:
+            @timed_operation("llm.fast")  # type: ignore[arg-type]
+            @classmethod
+            async def ask(cls) -> None:
+                return None
+
+
+def test_async_callable_object_explained() -> None:
+    """An object with async __call__ is pointed at its method."""
+
+    class Caller:
+        async def __call__(self) -> None:
+            return None
+
+    with pytest.raises(TypeError, match="decorate its 'async def __call__'"):
+        timed_operation("llm.fast")(Caller())
