@@ -43,7 +43,9 @@ class RedisServer:
             raise RedisServerError(f"redis-server was not found on PATH: {INSTALL_HINT}")
         self.binary = found
         self.port = port or free_port()
-        self._directory = Path(tempfile.mkdtemp(prefix="autobot-redis-"))
+        # Made by start() and removed by stop(), so an object that only sends commands
+        # to a server started elsewhere leaves nothing behind.
+        self._directory: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,6 +55,8 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
+        if self._directory is None:
+            self._directory = Path(tempfile.mkdtemp(prefix="autobot-redis-"))
         log = self._directory / "redis.log"
         self._close_pipe()
         self._process = subprocess.Popen(
@@ -147,8 +151,10 @@ class RedisServer:
                 self._process.kill()
                 self._process.wait(timeout=10)
         self._close_pipe()
-        with contextlib.suppress(OSError):
-            shutil.rmtree(self._directory)
+        if self._directory is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self._directory)
+            self._directory = None
 
     def __enter__(self) -> RedisServer:
         return self.start()
