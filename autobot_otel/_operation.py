@@ -1,7 +1,7 @@
 """``timed_operation`` and ``timed``: bounded, measured, traced async operations.
 
 Each operation name is resolved against the configuration once, when the decorator is
-applied; the resolved timeout lives on an ``_Operation`` object that a configuration
+applied. The resolved timeout lives on an ``_Operation`` object that a configuration
 reload updates in place, so a call reads one attribute instead of looking anything up.
 
 Deadlines nest. A timed operation started inside another one in the same task gets
@@ -516,7 +516,7 @@ class _Call:
 
         A deadline is counted once, by the scope that set it. A child task's timer at an
         inherited deadline fires at the same moment as the owner's timer, so the child
-        counts only when the owner ended before its deadline and nobody else will.
+        counts only when the owner ended before its deadline and so cannot count it.
         """
         owner = self.deadline_scope
         if owner is self:

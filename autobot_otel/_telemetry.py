@@ -166,38 +166,50 @@ class Instruments:
             unit="{reload}",
             description="Configuration reload attempts by outcome",
         )
-        # Both series exist from the start, so increase() sees the first failed reload.
+        # Both series exist from the start, so that increase() counts the first failed reload.
         for status in ("success", "invalid"):
             self.config_reloads.add(0, {"status": status})
-        meter.create_observable_gauge(
-            "autobot.circuit_breaker.state",
-            callbacks=[_observe("breaker_state", self)],
-            unit="{state}",
-            description="Circuit breaker state: closed 0, open 1, half_open 2",
-        )
-        meter.create_observable_gauge(
-            "autobot.redis.pool.connections",
-            callbacks=[_observe("pool_connections", self)],
-            unit="{connection}",
-            description="Redis pool connections by state (in_use, idle)",
-        )
-        meter.create_observable_gauge(
-            "autobot.redis.pool.saturation_ratio",
-            callbacks=[_observe("pool_saturation", self)],
-            unit="1",
-            description="Redis pool connections in use divided by max_connections",
-        )
-        meter.create_observable_gauge(
-            "autobot.config.info",
-            callbacks=[_observe("config_info", self)],
-            description="1 for the active configuration, labelled by environment and hash",
-        )
-        meter.create_observable_gauge(
-            "autobot.operation.timeout",
-            callbacks=[_observe("operation_timeout", self)],
-            unit="s",
-            description="Configured timeout of each declared operation",
-        )
+        for source, name, unit, description in _GAUGES:
+            meter.create_observable_gauge(
+                name, callbacks=[_observe(source, self)], unit=unit, description=description
+            )
+
+
+# Observable gauges: the gauge source that feeds each, its instrument name, unit and
+# description. The unit "1" goes only on a name ending in "ratio", because the Collector
+# appends "_ratio" to any gauge in unit "1".
+_GAUGES = (
+    (
+        "breaker_state",
+        "autobot.circuit_breaker.state",
+        "{state}",
+        "Circuit breaker state: closed 0, open 1, half_open 2",
+    ),
+    (
+        "pool_connections",
+        "autobot.redis.pool.connections",
+        "{connection}",
+        "Redis pool connections by state (in_use, idle)",
+    ),
+    (
+        "pool_saturation",
+        "autobot.redis.pool.saturation_ratio",
+        "1",
+        "Redis pool connections in use divided by max_connections",
+    ),
+    (
+        "config_info",
+        "autobot.config.info",
+        "",
+        "1 for the active configuration, labelled by environment and hash",
+    ),
+    (
+        "operation_timeout",
+        "autobot.operation.timeout",
+        "s",
+        "Configured timeout of each declared operation",
+    ),
+)
 
 
 _state_lock = threading.Lock()
@@ -234,7 +246,7 @@ def add_instruments_listener(listener: Callable[[], None]) -> None:
 
 @dataclass
 class TelemetryHandle:
-    """What ``setup_telemetry()`` built; ``shutdown()`` flushes and stops it."""
+    """The providers and registry that ``setup_telemetry()`` built; ``shutdown()`` stops them."""
 
     meter_provider: Any
     tracer_provider: Any
@@ -248,7 +260,7 @@ class TelemetryHandle:
         Returns False when the flush did not finish in time, for example because the
         Collector is unreachable. The SDK's span flush does not honour its own timeout
         (opentelemetry-sdk 1.45), so the work runs in daemon threads that this call
-        waits for at most ``timeout_seconds``; what is still unsent then is dropped.
+        waits for at most ``timeout_seconds``. Telemetry still unsent then is dropped.
         """
         global _handle
         if self._shut_down:

@@ -1,7 +1,7 @@
 """Redis integration: pooled asyncio clients whose operations are timed and guarded.
 
 ``AsyncRedisManager`` builds one redis-py asyncio client per logical database. Socket
-timeouts come from ``timeouts.redis.connection``; every operation of
+timeouts come from ``timeouts.redis.connection``. Every operation of
 ``manager.database(name)`` is the timed operation ``redis.<op>``, labelled with that
 database name and guarded by the database's own circuit breaker.
 
@@ -253,7 +253,7 @@ class AsyncRedisManager:
         for gauge, source in self._gauges:
             _telemetry.remove_gauge_source(gauge, source)
         for database in self._databases.values():
-            # Marked first: a call after close() would open a connection nobody closes.
+            # Marked first, because a call after close() would open a connection that stays open.
             database.closed = True
             await database.client.aclose()
             await database.client.connection_pool.disconnect()

@@ -54,7 +54,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it replies to PING."""
         if self._directory is None:
             self._directory = Path(tempfile.mkdtemp(prefix="autobot-redis-"))
         log = self._directory / "redis.log"
@@ -93,7 +93,7 @@ class RedisServer:
             time.sleep(0.05)
         self.stop()
         raise RedisServerError(
-            f"redis-server on port {self.port} did not answer within {timeout} s"
+            f"redis-server on port {self.port} did not reply to PING within {timeout} s"
         )
 
     def command(self, *args: str, timeout: float = 5.0) -> bytes:
@@ -107,7 +107,7 @@ class RedisServer:
             return sock.recv(65536)
 
     def ping(self) -> bool:
-        """Return whether the server answers PING right now."""
+        """Return whether the server replies to PING right now."""
         try:
             return self.command("PING", timeout=0.5).startswith(b"+PONG")
         except OSError:

@@ -16,7 +16,7 @@ def client_for(app: FastAPI) -> httpx.AsyncClient:
 
 
 async def test_metrics_route_serves_exposition(telemetry: Telemetry) -> None:
-    """GET /monitoring/metrics answers 200 with the Prometheus text format."""
+    """GET /monitoring/metrics returns 200 with the Prometheus text format."""
 
     @timed_operation("llm.fast")
     async def work() -> str:
@@ -111,7 +111,7 @@ async def test_monitoring_app_requires_token(telemetry: Telemetry) -> None:
 
 
 async def test_metrics_without_telemetry_is_503() -> None:
-    """Without setup_telemetry() the route says what to do instead of failing."""
+    """Without setup_telemetry() the route returns 503 with what to do."""
     app = monitoring_app()
     async with client_for(app) as client:
         response = await client.get("/monitoring/metrics")
