@@ -657,31 +657,28 @@ class CircuitBreaker:
     def force_open(self) -> None:
         """Reject every call until :meth:`reset`, whatever the outcomes."""
         self._enter_forced_open()
-        self._emit("forced_open", "manual")
-        _log.warning(
-            "circuit breaker %r forced open; it rejects every call until reset()",
-            self.name,
-            extra=self._log_fields("forced_open", "manual"),
-        )
+        self._announce_manual("forced_open", "forced open; it rejects every call until reset()")
 
     def force_closed(self) -> None:
         """Admit every call until :meth:`reset`, recording outcomes that never open it."""
         self._enter_closed(_Mode.FORCED_CLOSED)
-        self._emit("forced_closed", "manual")
-        _log.warning(
-            "circuit breaker %r forced closed; it admits every call until reset()",
-            self.name,
-            extra=self._log_fields("forced_closed", "manual"),
-        )
+        self._announce_manual("forced_closed", "forced closed; it admits every call until reset()")
 
     def disable(self) -> None:
         """Admit every call and record nothing until :meth:`reset`."""
         self._enter_closed(_Mode.DISABLED)
-        self._emit("disabled", "manual")
+        self._announce_manual(
+            "disabled", "disabled; it admits every call and records nothing until reset()"
+        )
+
+    def _announce_manual(self, event: BreakerEvent, description: str) -> None:
+        """Emit a manual-control event and log it as a warning, since it overrides the rules."""
+        self._emit(event, "manual")
         _log.warning(
-            "circuit breaker %r disabled; it admits every call and records nothing until reset()",
+            "circuit breaker %r %s",
             self.name,
-            extra=self._log_fields("disabled", "manual"),
+            description,
+            extra=self._log_fields(event, "manual"),
         )
 
     def reset(self) -> None:

@@ -428,7 +428,7 @@ def load_config(
     """Load the settings of ``env`` (default: ``AUTOBOT_ENV``, else development).
 
     With ``strict`` (the default) an invalid setting raises ConfigurationError listing
-    every problem; otherwise the problems are returned in ``Config.problems`` and invalid
+    every problem. Otherwise the problems are returned in ``Config.problems``, and invalid
     timeouts are left out of ``Config.timeouts``.
     """
     files = _resolve_settings_files(settings_files)

@@ -58,8 +58,8 @@ class ConfigProblem:
     reason: str
 
     def __str__(self) -> str:
-        shown = mask_secret(self.key, self.value)
-        return f"{self.key} = {shown!r} (from {self.source}): {self.reason}"
+        masked = mask_secret(self.key, self.value)
+        return f"{self.key} = {masked!r} (from {self.source}): {self.reason}"
 
 
 class ConfigurationError(AutobotError, ValueError):

@@ -8,7 +8,7 @@ Deadlines nest. A timed operation started inside another one in the same task ge
 ``min(its own timeout, the time the outer one has left)``. When the outer deadline is the
 shorter one, the inner operation sets no timer of its own: the outer timer fires, the
 outer operation counts the timeout once, and the inner operation records that an outer
-budget ran out. ``remaining_time()`` tells code how much of the budget is left.
+budget ran out. ``remaining_time()`` returns how much of the budget is left.
 """
 
 from __future__ import annotations

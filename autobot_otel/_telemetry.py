@@ -142,12 +142,14 @@ class Instruments:
             description="Deadlines that fired, by operation and by whose deadline it was",
             owner=self,
         )
+
         self.duration = meter.create_histogram(
             "autobot.operation.duration",
             unit="s",
             description="Duration of timed operations, whatever their outcome",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
+
         # Counted on every Redis call, so it takes the cheaper in-process path.
         self.redis_requests = InProcessCounter(
             meter,
@@ -156,6 +158,7 @@ class Instruments:
             description="Redis operations by database, operation and outcome",
             owner=self,
         )
+
         self.breaker_events = meter.create_counter(
             "autobot.circuit_breaker.events",
             unit="{event}",
@@ -169,6 +172,7 @@ class Instruments:
         # Both series exist from the start, so that increase() counts the first failed reload.
         for status in ("success", "invalid"):
             self.config_reloads.add(0, {"status": status})
+
         for source, name, unit, description in _GAUGES:
             meter.create_observable_gauge(
                 name, callbacks=[_observe(source, self)], unit=unit, description=description

@@ -142,7 +142,7 @@ class MonitoringServer:
         import uvicorn
 
         class _Server(uvicorn.Server):
-            # The application owns SIGINT and SIGTERM; this server stops when told to.
+            # The application owns SIGINT and SIGTERM, and stop() ends this server.
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:
                 yield

@@ -46,7 +46,7 @@ class DemoError(RuntimeError):
 
 @dataclass
 class DemoOptions:
-    """What ``autobot-otel demo`` was asked to do."""
+    """Options of one ``autobot-otel demo`` run."""
 
     duration: float = 30.0
     fault: str = "none"

@@ -205,7 +205,7 @@ def test_ambiguous_short_name(tmp_path: Path) -> None:
 
 
 def test_group_and_get_errors() -> None:
-    """group() returns a group; get() on a group or a typo says what to do."""
+    """group() returns a group, and get() on a group or a typo names the fix."""
     assert timeouts.group("redis.connection") == {
         "socket_connect": 2.0,
         "socket_timeout": 2.0,

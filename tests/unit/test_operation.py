@@ -629,7 +629,7 @@ async def test_undeclared_redis_names_bounded(telemetry: Telemetry) -> None:
 
 
 def test_classmethod_order_explained() -> None:
-    """@timed_operation above @classmethod says to move it below."""
+    """@timed_operation above @classmethod raises, naming the right order."""
     with pytest.raises(TypeError, match="below @classmethod"):
 
         class Client:
